@@ -1,0 +1,53 @@
+package idempotency
+
+// EventKind names an outcome of the middleware for one request.
+type EventKind uint8
+
+const (
+	// EventAcquired: the key was new; the handler runs.
+	EventAcquired EventKind = iota + 1
+	// EventCompleted: the handler's response was stored.
+	EventCompleted
+	// EventReplayed: a duplicate got the stored response.
+	EventReplayed
+	// EventConflict: a duplicate got 409, because the first request is in
+	// flight or its response cannot be replayed.
+	EventConflict
+	// EventMismatch: the key was reused with another payload, method or
+	// route.
+	EventMismatch
+	// EventReleased: the key was freed (5xx, panic, nothing written), so a
+	// retry runs again.
+	EventReleased
+	// EventStoreError: a store call failed or timed out.
+	EventStoreError
+	// EventLostLease: the handler's lease was taken by another request, so
+	// its response was not stored.
+	EventLostLease
+)
+
+var eventNames = [...]string{"unknown", "acquired", "completed", "replayed", "conflict", "mismatch", "released", "store_error", "lost_lease"}
+
+// String returns the event's name, such as "replayed".
+func (k EventKind) String() string {
+	if int(k) < len(eventNames) {
+		return eventNames[k]
+	}
+	return eventNames[0]
+}
+
+// Event is one outcome, passed to the hook set with [WithEventHook]. It
+// carries hashes only: never the raw key, the caller's identity or a body.
+type Event struct {
+	Kind EventKind
+	// ScopeHash is the hex SHA-256 of the caller's scope.
+	ScopeHash string
+	// Key is the store key: a hex SHA-256 of the scope and the key.
+	Key string
+	// Method and Route are the request's method and Gin route.
+	Method, Route string
+	// Status is the response status, where there is one.
+	Status int
+	// Err is the store error, for EventStoreError.
+	Err error
+}

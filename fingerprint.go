@@ -1,0 +1,187 @@
+package idempotency
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+)
+
+// A FingerprintPart writes the part of a request that identifies its payload
+// into w, a running SHA-256. body is the request body, already read (up to
+// the body cap); the handler still gets it in full. An error refuses the
+// request with 400 and the error's text as the detail.
+//
+// The built-in parts frame what they write with its length, so that parts
+// cannot run into each other; a custom part should do the same if it writes
+// several values.
+type FingerprintPart func(w io.Writer, r *http.Request, body []byte) error
+
+// QueryString is the raw query string, as sent.
+func QueryString() FingerprintPart {
+	return func(w io.Writer, r *http.Request, _ []byte) error {
+		writeString(w, r.URL.RawQuery)
+		return nil
+	}
+}
+
+// RawBody is the request body, byte for byte.
+func RawBody() FingerprintPart {
+	return func(w io.Writer, _ *http.Request, body []byte) error {
+		writeField(w, body)
+		return nil
+	}
+}
+
+// CanonicalJSON is the body as JSON, with key order and insignificant
+// whitespace ignored. A body that is not one valid JSON value gets 400.
+func CanonicalJSON() FingerprintPart {
+	return func(w io.Writer, _ *http.Request, body []byte) error {
+		v, err := decodeJSON(body)
+		if err != nil {
+			return err
+		}
+		return writeJSON(w, v)
+	}
+}
+
+// CanonicalJSONOrRaw is [CanonicalJSON], falling back to the raw body when
+// the body is not valid JSON.
+func CanonicalJSONOrRaw() FingerprintPart {
+	return func(w io.Writer, _ *http.Request, body []byte) error {
+		v, err := decodeJSON(body)
+		if err != nil {
+			writeString(w, "raw")
+			writeField(w, body)
+			return nil
+		}
+		writeString(w, "json")
+		return writeJSON(w, v)
+	}
+}
+
+// JSONFields is the canonical JSON of the named fields of a JSON object
+// body; a dot walks into nested objects ("order.amount"). A missing field
+// counts as absent, which differs from null. A body that is not valid JSON
+// gets 400.
+func JSONFields(paths ...string) FingerprintPart {
+	split := make([][]string, len(paths))
+	for i, p := range paths {
+		split[i] = strings.Split(p, ".")
+	}
+	return func(w io.Writer, _ *http.Request, body []byte) error {
+		v, err := decodeJSON(body)
+		if err != nil {
+			return err
+		}
+		for i, path := range split {
+			writeString(w, paths[i])
+			field, ok := lookupJSON(v, path)
+			if !ok {
+				writeString(w, "absent")
+				continue
+			}
+			writeString(w, "present")
+			if err := writeJSON(w, field); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+// Headers is the values of the named request headers, in order.
+func Headers(names ...string) FingerprintPart {
+	canonical := make([]string, len(names))
+	for i, n := range names {
+		canonical[i] = http.CanonicalHeaderKey(n)
+	}
+	return func(w io.Writer, r *http.Request, _ []byte) error {
+		for _, name := range canonical {
+			values := r.Header[name]
+			writeString(w, name)
+			writeLength(w, len(values))
+			for _, v := range values {
+				writeString(w, v)
+			}
+		}
+		return nil
+	}
+}
+
+// fingerprint hashes the method, the route and every part.
+func fingerprint(parts []FingerprintPart, r *http.Request, route string, body []byte) ([]byte, error) {
+	h := sha256.New()
+	writeString(h, r.Method)
+	writeString(h, route)
+	for _, part := range parts {
+		if err := part(h, r, body); err != nil {
+			return nil, err
+		}
+	}
+	return h.Sum(nil), nil
+}
+
+// writeField writes b with its length in front.
+func writeField(w io.Writer, b []byte) {
+	writeLength(w, len(b))
+	w.Write(b)
+}
+
+// writeString writes s with its length in front.
+func writeString(w io.Writer, s string) {
+	writeLength(w, len(s))
+	io.WriteString(w, s)
+}
+
+func writeLength(w io.Writer, n int) {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], uint64(n))
+	w.Write(b[:])
+}
+
+// errInvalidJSON refuses a body that a JSON policy cannot read.
+var errInvalidJSON = errors.New("the request body must be valid JSON")
+
+// decodeJSON reads exactly one JSON value. encoding/json bounds the nesting
+// depth, so deep input is an error, not a stack overflow.
+func decodeJSON(body []byte) (any, error) {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, errInvalidJSON
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errInvalidJSON
+	}
+	return v, nil
+}
+
+// writeJSON writes v re-encoded: object keys sorted, no whitespace, numbers
+// as written.
+func writeJSON(w io.Writer, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return errInvalidJSON
+	}
+	writeField(w, b)
+	return nil
+}
+
+func lookupJSON(v any, path []string) (any, bool) {
+	for _, name := range path {
+		obj, ok := v.(map[string]any)
+		if !ok {
+			return nil, false
+		}
+		if v, ok = obj[name]; !ok {
+			return nil, false
+		}
+	}
+	return v, true
+}

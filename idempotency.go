@@ -1,0 +1,437 @@
+// Package idempotency is a Gin middleware for the HTTP Idempotency-Key
+// request header (draft-ietf-httpapi-idempotency-key-header): it makes any
+// Gin API safe to retry.
+//
+// The first request with a key runs the handler, and its response is
+// recorded with a fingerprint of the request. A duplicate with the same
+// fingerprint gets the stored response again, marked Idempotent-Replayed,
+// and the handler does not run; a duplicate while the first is in flight
+// gets 409 with Retry-After; the same key with another payload is refused.
+// Keys are scoped per caller, and every answer the middleware writes itself
+// is application/problem+json (RFC 9457).
+//
+// Mount it after authentication, so that a caller without rights is refused
+// before a key is looked at:
+//
+//	r := gin.New()
+//	api := r.Group("/api", auth)
+//	api.Use(idempotency.New())
+//
+// New with no options is correct and safe: UUID v4 keys on POST and PATCH,
+// optional, scoped by the Authorization header, kept 24 h in a bounded
+// in-memory store. A Redis store shares keys between processes.
+package idempotency
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/gin-gonic/gin"
+)
+
+// New returns the idempotency middleware, configured by opts over safe
+// defaults. Each call has its own configuration and, unless [WithStore] is
+// given, its own [MemoryStore]. It panics, with an "idempotency:" prefix,
+// on an invalid option.
+func New(opts ...Option) gin.HandlerFunc {
+	cfg := defaultConfig()
+	for _, opt := range opts {
+		opt.apply(cfg)
+	}
+	if cfg.store == nil {
+		cfg.store = NewMemoryStore()
+	}
+	if cfg.logger == nil {
+		cfg.logger = slog.Default()
+	}
+	m := &middleware{config: *cfg}
+	return m.handle
+}
+
+// AuthorizationScope is the default scope: the caller's Authorization
+// header. Only its SHA-256 is kept.
+func AuthorizationScope(c *gin.Context) string {
+	return c.GetHeader("Authorization")
+}
+
+// DefaultKeep keeps every status below 500 except 408, 425 and 429, which,
+// like 5xx, release the key so that a retry runs again.
+func DefaultKeep(status int) bool {
+	switch status {
+	case http.StatusRequestTimeout, http.StatusTooEarly, http.StatusTooManyRequests:
+		return false
+	}
+	return status < 500
+}
+
+type middleware struct {
+	config
+}
+
+// request is what the middleware knows of one keyed request.
+type request struct {
+	scope [sha256.Size]byte // SHA-256 of the caller's scope
+	key   string            // store key: hex SHA-256 of scope and key
+	claim Record            // fingerprint, method and route
+}
+
+func (m *middleware) handle(c *gin.Context) {
+	if !m.handles(c.Request.Method) {
+		c.Next()
+		return
+	}
+	key, err := readKey(c.Request.Header, m.keyHeaders, m.validate)
+	if err != nil {
+		m.refuse(c, http.StatusBadRequest, ProblemInvalidKey, "Invalid idempotency key", err.Error())
+		return
+	}
+	if key == "" {
+		if m.required {
+			m.refuse(c, http.StatusBadRequest, ProblemMissingKey, "Idempotency key required",
+				"this endpoint requires an "+m.keyHeaders[0]+" header")
+			return
+		}
+		c.Next()
+		return
+	}
+	r, ok := m.newRequest(c, key)
+	if !ok {
+		return
+	}
+	token, held, err := m.acquire(c, r)
+	switch {
+	case err != nil:
+		m.storeFailed(c, r, err)
+	case held == nil:
+		m.run(c, r, token)
+	case !bytes.Equal(held.Fingerprint, r.claim.Fingerprint):
+		m.mismatch(c, r, held)
+	case held.State == InFlight:
+		m.emit(c, r, EventConflict, http.StatusConflict, nil)
+		c.Header("Retry-After", "1")
+		m.refuse(c, http.StatusConflict, ProblemInFlight, "Request in progress",
+			"a request with this idempotency key is still being processed; retry later")
+	case held.BodyOmitted || m.conflictMode:
+		m.emit(c, r, EventConflict, http.StatusConflict, nil)
+		if loc := held.Header.Get("Location"); loc != "" {
+			c.Header("Location", loc)
+		}
+		m.refuse(c, http.StatusConflict, ProblemAlreadyCompleted, "Request already completed",
+			"a request with this idempotency key has completed; its result is not replayed")
+	default:
+		m.emit(c, r, EventReplayed, held.Status, nil)
+		m.replay(c, held)
+	}
+}
+
+func (m *middleware) handles(method string) bool {
+	for _, x := range m.methods {
+		if x == method {
+			return true
+		}
+	}
+	return false
+}
+
+// newRequest reads the body and computes the fingerprint and store key. It
+// answers the request itself and reports false when it cannot.
+func (m *middleware) newRequest(c *gin.Context, key string) (*request, bool) {
+	body, err := readBody(c.Request, m.maxBody)
+	if err != nil {
+		if errors.Is(err, errBodyTooLarge) {
+			m.refuse(c, http.StatusRequestEntityTooLarge, ProblemBodyTooLarge, "Request body too large", err.Error())
+		} else {
+			m.refuse(c, http.StatusBadRequest, ProblemInvalidBody, "Unreadable request body", "the request body could not be read")
+		}
+		return nil, false
+	}
+	route := c.FullPath()
+	if route == "" {
+		route = c.Request.URL.Path
+	}
+	fp, err := fingerprint(m.fingerprint, c.Request, route, body)
+	if err != nil {
+		m.refuse(c, http.StatusBadRequest, ProblemInvalidBody, "Invalid request body", err.Error())
+		return nil, false
+	}
+	r := &request{
+		scope: sha256.Sum256([]byte(m.scope(c))),
+		claim: Record{Fingerprint: fp, Method: c.Request.Method, Path: route},
+	}
+	h := sha256.New()
+	h.Write(r.scope[:])
+	io.WriteString(h, key)
+	r.key = hex.EncodeToString(h.Sum(nil))
+	return r, true
+}
+
+// errBodyTooLarge refuses a keyed request whose body is over the cap.
+var errBodyTooLarge = errors.New("the request body is larger than this endpoint accepts with an idempotency key")
+
+// readBody reads the whole body once, up to max bytes, and gives the
+// handler a reader over the same bytes.
+func readBody(r *http.Request, max int64) ([]byte, error) {
+	if r.Body == nil || r.Body == http.NoBody {
+		return nil, nil
+	}
+	if r.ContentLength > max {
+		return nil, errBodyTooLarge
+	}
+	size := int64(512)
+	if r.ContentLength >= 0 {
+		size = r.ContentLength + 1 // room to see EOF without growing
+	}
+	buf := make([]byte, 0, size)
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := r.Body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if int64(len(buf)) > max {
+			return nil, errBodyTooLarge
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			var tooLarge *http.MaxBytesError
+			if errors.As(err, &tooLarge) {
+				return nil, errBodyTooLarge
+			}
+			return nil, err
+		}
+	}
+	r.Body = io.NopCloser(bytes.NewReader(buf))
+	return buf, nil
+}
+
+// storeCtx bounds a store call by the store timeout. It is detached from
+// the request's cancellation, so a client that goes away never strands a
+// lease or loses a finished response.
+func (m *middleware) storeCtx(c *gin.Context) (context.Context, context.CancelFunc) {
+	return m.deadline(c.Request.Context())
+}
+
+func (m *middleware) deadline(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), m.storeTimeout)
+}
+
+// acquire takes the key, or returns the record that holds it. With
+// WithWaitInFlight, it polls with backoff while the holder is in flight.
+func (m *middleware) acquire(c *gin.Context, r *request) (string, *Record, error) {
+	deadline := time.Now().Add(m.waitInFlight)
+	pause := 10 * time.Millisecond
+	for {
+		ctx, cancel := m.storeCtx(c)
+		token, held, err := m.store.Acquire(ctx, r.key, &r.claim, m.lease)
+		cancel()
+		if err == nil && held != nil && !validRecord(held) {
+			err = errors.New("idempotency: store returned an invalid record")
+		}
+		if err != nil || held == nil || held.State != InFlight ||
+			!bytes.Equal(held.Fingerprint, r.claim.Fingerprint) {
+			return token, held, err
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return token, held, nil
+		}
+		wait := time.NewTimer(min(pause, left))
+		select {
+		case <-c.Request.Context().Done():
+			wait.Stop()
+			return token, held, nil
+		case <-wait.C:
+		}
+		pause = min(2*pause, 500*time.Millisecond)
+	}
+}
+
+// validRecord rejects a record that cannot be answered from, whatever the
+// store returned.
+func validRecord(rec *Record) bool {
+	switch rec.State {
+	case InFlight:
+		return true
+	case Completed:
+		return rec.Status >= 100 && rec.Status <= 999
+	}
+	return false
+}
+
+// run runs the handler under the recorder while keeping the lease, then
+// completes or releases the key.
+func (m *middleware) run(c *gin.Context, r *request, token string) {
+	m.emit(c, r, EventAcquired, 0, nil)
+	rec := newRecorder(c.Writer, m.replayHeaders, m.maxResponse)
+	c.Writer = rec
+	lease := m.keepLease(c, r.key, token)
+	panicked := true
+	defer func() {
+		if panicked { // release now; the panic goes on to Gin's recovery
+			lease.stop()
+			c.Writer = rec.ResponseWriter
+			m.release(c, r, token, http.StatusInternalServerError)
+		}
+	}()
+	c.Next()
+	panicked = false
+	rec.finish()
+	c.Writer = rec.ResponseWriter
+	lost := lease.stop()
+	status := rec.Status()
+	switch {
+	case lost:
+		m.emit(c, r, EventLostLease, status, ErrNotOwner)
+	case rec.wroteNothing() || !m.keep(status):
+		m.release(c, r, token, status)
+	default:
+		m.complete(c, r, token, rec.result(), status)
+	}
+}
+
+func (m *middleware) complete(c *gin.Context, r *request, token string, out *Record, status int) {
+	out.Fingerprint, out.Method, out.Path = r.claim.Fingerprint, r.claim.Method, r.claim.Path
+	ctx, cancel := m.storeCtx(c)
+	defer cancel()
+	switch err := m.store.Complete(ctx, r.key, token, out, m.ttl); {
+	case errors.Is(err, ErrNotOwner):
+		m.emit(c, r, EventLostLease, status, err)
+	case err != nil:
+		m.emit(c, r, EventStoreError, status, err)
+	default:
+		m.emit(c, r, EventCompleted, status, nil)
+	}
+}
+
+func (m *middleware) release(c *gin.Context, r *request, token string, status int) {
+	ctx, cancel := m.storeCtx(c)
+	defer cancel()
+	switch err := m.store.Release(ctx, r.key, token); {
+	case errors.Is(err, ErrNotOwner):
+		m.emit(c, r, EventLostLease, status, err)
+	case err != nil:
+		m.emit(c, r, EventStoreError, status, err)
+	default:
+		m.emit(c, r, EventReleased, status, nil)
+	}
+}
+
+// leaseKeeper renews a lease every third of it while the handler runs. It
+// costs nothing until the first renewal is due.
+type leaseKeeper struct {
+	mu      sync.Mutex
+	timer   *time.Timer
+	stopped bool
+	lost    bool
+}
+
+func (m *middleware) keepLease(c *gin.Context, key, token string) *leaseKeeper {
+	k := &leaseKeeper{}
+	every := m.lease / 3
+	base := c.Request.Context() // read now: the handler may replace c.Request
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.timer = time.AfterFunc(every, func() {
+		k.mu.Lock()
+		defer k.mu.Unlock()
+		if k.stopped || k.lost {
+			return
+		}
+		ctx, cancel := m.deadline(base)
+		err := m.store.Extend(ctx, key, token, m.lease)
+		cancel()
+		if errors.Is(err, ErrNotOwner) {
+			k.lost = true
+			return
+		}
+		if err != nil {
+			m.logger.LogAttrs(ctx, slog.LevelWarn, "idempotency: lease renewal failed",
+				slog.String("key", key), slog.Any("error", err))
+		}
+		k.timer.Reset(every)
+	})
+	return k
+}
+
+// stop ends the renewals, waiting for one under way, and reports whether
+// the lease was lost.
+func (k *leaseKeeper) stop() (lost bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.stopped = true
+	k.timer.Stop()
+	return k.lost
+}
+
+func (m *middleware) mismatch(c *gin.Context, r *request, held *Record) {
+	m.emit(c, r, EventMismatch, m.mismatchStatus, nil)
+	detail := "this idempotency key was already used with a different request payload"
+	if held.Method != r.claim.Method || held.Path != r.claim.Path {
+		detail = "this idempotency key was already used on another method or route"
+	}
+	m.refuse(c, m.mismatchStatus, ProblemKeyMismatch, "Idempotency key reused", detail)
+}
+
+func (m *middleware) storeFailed(c *gin.Context, r *request, err error) {
+	m.emit(c, r, EventStoreError, 0, err)
+	if m.failOpen {
+		m.logger.LogAttrs(c.Request.Context(), slog.LevelWarn, "idempotency: store failed, running without idempotency",
+			slog.String("key", r.key), slog.Any("error", err))
+		c.Next()
+		return
+	}
+	c.Header("Retry-After", "1")
+	m.refuse(c, http.StatusServiceUnavailable, ProblemStoreUnavailable, "Idempotency store unavailable",
+		"the idempotency store did not answer; retry later")
+}
+
+// replay sends the stored response again, marked as a replay.
+func (m *middleware) replay(c *gin.Context, rec *Record) {
+	h := c.Writer.Header()
+	for name, values := range rec.Header {
+		h[name] = values
+	}
+	h[m.replayedHeader] = []string{"true"}
+	c.Writer.WriteHeader(rec.Status)
+	c.Writer.WriteHeaderNow()
+	c.Writer.Write(rec.Body)
+	c.Abort()
+}
+
+// refuse writes one of the middleware's own problems and stops the chain.
+func (m *middleware) refuse(c *gin.Context, status int, typ, title, detail string) {
+	m.problem(c, Problem{Type: typ, Title: title, Status: status, Detail: detail})
+	c.Abort()
+}
+
+// emit reports an outcome to the event hook and the logger.
+func (m *middleware) emit(c *gin.Context, r *request, kind EventKind, status int, err error) {
+	ctx := c.Request.Context()
+	level := slog.LevelDebug
+	switch kind {
+	case EventStoreError:
+		level = slog.LevelError
+	case EventLostLease:
+		level = slog.LevelWarn
+	}
+	if m.logger.Enabled(ctx, level) {
+		m.logger.LogAttrs(ctx, level, "idempotency: "+kind.String(),
+			slog.String("key", r.key), slog.String("route", r.claim.Path), slog.Int("status", status), slog.Any("error", err))
+	}
+	if m.onEvent != nil {
+		m.onEvent(ctx, Event{
+			Kind: kind, ScopeHash: hex.EncodeToString(r.scope[:]), Key: r.key,
+			Method: r.claim.Method, Route: r.claim.Path, Status: status, Err: err,
+		})
+	}
+}

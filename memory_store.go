@@ -1,0 +1,294 @@
+package idempotency
+
+import (
+	"container/list"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"sync"
+	"time"
+)
+
+// ErrStoreFull is returned by [MemoryStore.Acquire] when the store is at its
+// entry or byte bound and every record in it is in flight, so nothing can be
+// evicted. The middleware answers such a request like any store failure.
+var ErrStoreFull = errors.New("idempotency: memory store is full of in-flight records")
+
+// MemoryStore is the embedded, bounded, in-process [Store] and the
+// middleware's default. It is safe for concurrent use.
+//
+// It is bounded by entries and bytes: when a new key would exceed a bound,
+// the least recently used completed records are evicted; in-flight records
+// are never evicted. Expired records are reclaimed lazily, on access and
+// while making room, so the store runs no goroutine and needs no Close.
+//
+// A MemoryStore shares keys only within one process; use a Redis store to
+// share them between replicas.
+type MemoryStore struct {
+	mu         sync.Mutex
+	records    map[string]*memoryEntry
+	completed  *list.List // of *memoryEntry, most recently used at the front
+	bytes      int64
+	maxEntries int
+	maxBytes   int64
+	now        func() time.Time
+}
+
+type memoryEntry struct {
+	key  string
+	rec  *Record
+	size int64
+	elem *list.Element // position in completed; nil while in flight
+}
+
+// MemoryStoreOption configures a [MemoryStore].
+type MemoryStoreOption func(*MemoryStore)
+
+// WithMaxEntries bounds the number of records a [MemoryStore] keeps
+// (default 100,000). Values below 1 are ignored.
+func WithMaxEntries(n int) MemoryStoreOption {
+	return func(s *MemoryStore) {
+		if n > 0 {
+			s.maxEntries = n
+		}
+	}
+}
+
+// WithMaxBytes bounds the approximate memory a [MemoryStore] uses for its
+// records: keys, fingerprints, headers and bodies (default 64 MiB). Values
+// below 1 are ignored.
+func WithMaxBytes(n int64) MemoryStoreOption {
+	return func(s *MemoryStore) {
+		if n > 0 {
+			s.maxBytes = n
+		}
+	}
+}
+
+// WithClock replaces the clock a [MemoryStore] uses for leases and expiry,
+// for tests.
+func WithClock(now func() time.Time) MemoryStoreOption {
+	return func(s *MemoryStore) {
+		if now != nil {
+			s.now = now
+		}
+	}
+}
+
+// NewMemoryStore returns an empty [MemoryStore].
+//
+//	store := idempotency.NewMemoryStore(idempotency.WithMaxEntries(10_000))
+//	r.Use(idempotency.New(idempotency.WithStore(store)))
+func NewMemoryStore(opts ...MemoryStoreOption) *MemoryStore {
+	s := &MemoryStore{
+		records:    make(map[string]*memoryEntry),
+		completed:  list.New(),
+		maxEntries: 100_000,
+		maxBytes:   64 << 20,
+		now:        time.Now,
+	}
+	for _, opt := range opts {
+		opt(s)
+	}
+	return s
+}
+
+// Len reports how many records the store holds, expired ones included until
+// they are reclaimed.
+func (s *MemoryStore) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.records)
+}
+
+// Bytes reports the approximate size of the records the store holds.
+func (s *MemoryStore) Bytes() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.bytes
+}
+
+// Acquire implements [Store].
+func (s *MemoryStore) Acquire(ctx context.Context, key string, claim *Record, lease time.Duration) (string, *Record, error) {
+	if err := ctx.Err(); err != nil {
+		return "", nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	if e := s.live(key, now); e != nil {
+		if e.elem != nil {
+			s.completed.MoveToFront(e.elem)
+		}
+		held := *e.rec
+		return "", &held, nil
+	}
+	token := newToken()
+	rec := &Record{
+		State:       InFlight,
+		Token:       token,
+		Fingerprint: claim.Fingerprint,
+		Method:      claim.Method,
+		Path:        claim.Path,
+		ExpiresAt:   now.Add(lease),
+	}
+	size := recordSize(key, rec)
+	if !s.makeRoom(size, now) {
+		return "", nil, ErrStoreFull
+	}
+	s.put(&memoryEntry{key: key, rec: rec, size: size})
+	return token, nil, nil
+}
+
+// Complete implements [Store].
+func (s *MemoryStore) Complete(ctx context.Context, key, token string, rec *Record, ttl time.Duration) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	e := s.owned(key, token, now)
+	if e == nil {
+		return ErrNotOwner
+	}
+	s.remove(e)
+	done := *rec
+	done.State = Completed
+	done.Token = token
+	done.ExpiresAt = now.Add(ttl)
+	entry := &memoryEntry{key: key, rec: &done, size: recordSize(key, &done)}
+	if !s.makeRoom(entry.size, now) {
+		// Only in-flight records are left and this one does not fit: keep
+		// nothing, so that a retry runs again rather than blocking the key.
+		return ErrStoreFull
+	}
+	s.put(entry)
+	return nil
+}
+
+// Release implements [Store].
+func (s *MemoryStore) Release(ctx context.Context, key, token string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := s.owned(key, token, s.now())
+	if e == nil {
+		return ErrNotOwner
+	}
+	s.remove(e)
+	return nil
+}
+
+// Extend implements [Store].
+func (s *MemoryStore) Extend(ctx context.Context, key, token string, lease time.Duration) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	e := s.owned(key, token, now)
+	if e == nil {
+		return ErrNotOwner
+	}
+	e.rec.ExpiresAt = now.Add(lease)
+	return nil
+}
+
+// live returns the unexpired entry for key, reclaiming an expired one.
+func (s *MemoryStore) live(key string, now time.Time) *memoryEntry {
+	e := s.records[key]
+	if e == nil {
+		return nil
+	}
+	if !now.Before(e.rec.ExpiresAt) {
+		s.remove(e)
+		return nil
+	}
+	return e
+}
+
+// owned returns the live in-flight entry for key held by token.
+func (s *MemoryStore) owned(key, token string, now time.Time) *memoryEntry {
+	e := s.live(key, now)
+	if e == nil || e.rec.State != InFlight || e.rec.Token != token {
+		return nil
+	}
+	return e
+}
+
+func (s *MemoryStore) put(e *memoryEntry) {
+	if e.rec.State == Completed {
+		e.elem = s.completed.PushFront(e)
+	}
+	s.records[e.key] = e
+	s.bytes += e.size
+}
+
+func (s *MemoryStore) remove(e *memoryEntry) {
+	if e.elem != nil {
+		s.completed.Remove(e.elem)
+		e.elem = nil
+	}
+	delete(s.records, e.key)
+	s.bytes -= e.size
+}
+
+// makeRoom evicts completed records, least recently used first, until one
+// more entry of size bytes fits within the bounds. When the completed
+// records are not enough, it reclaims expired in-flight records. It reports
+// whether the entry fits.
+func (s *MemoryStore) makeRoom(size int64, now time.Time) bool {
+	fits := func() bool {
+		return len(s.records)+1 <= s.maxEntries && s.bytes+size <= s.maxBytes
+	}
+	for !fits() && s.completed.Len() > 0 {
+		s.remove(s.completed.Back().Value.(*memoryEntry))
+	}
+	if fits() {
+		s.reclaimExpiredTail(now)
+		return true
+	}
+	for _, e := range s.records {
+		if !now.Before(e.rec.ExpiresAt) {
+			s.remove(e)
+		}
+	}
+	return fits()
+}
+
+// reclaimExpiredTail drops a few expired records from the least recently
+// used end, so that a quiet store gives memory back without a janitor.
+func (s *MemoryStore) reclaimExpiredTail(now time.Time) {
+	for i := 0; i < 2 && s.completed.Len() > 0; i++ {
+		e := s.completed.Back().Value.(*memoryEntry)
+		if now.Before(e.rec.ExpiresAt) {
+			return
+		}
+		s.remove(e)
+	}
+}
+
+// recordSize approximates the memory a record takes, for the byte bound.
+func recordSize(key string, r *Record) int64 {
+	const overhead = 160 // entry, record and map slot
+	n := overhead + len(key) + len(r.Token) + len(r.Fingerprint) + len(r.Method) + len(r.Path) + len(r.Body)
+	for name, values := range r.Header {
+		n += len(name) + 16
+		for _, v := range values {
+			n += len(v) + 16
+		}
+	}
+	return int64(n)
+}
+
+// newToken returns a random fencing token.
+func newToken() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+)
+	return hex.EncodeToString(b[:])
+}

@@ -1,0 +1,293 @@
+package idempotency
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/gin-gonic/gin"
+)
+
+// Option configures the middleware returned by [New].
+type Option interface{ apply(*config) }
+
+type optionFunc func(*config)
+
+func (f optionFunc) apply(c *config) { f(c) }
+
+// config is the private, compiled configuration of one middleware.
+type config struct {
+	store          Store
+	ttl            time.Duration
+	lease          time.Duration
+	storeTimeout   time.Duration
+	waitInFlight   time.Duration
+	keyHeaders     []string
+	validate       KeyValidator
+	required       bool
+	methods        []string
+	scope          func(*gin.Context) string
+	fingerprint    []FingerprintPart
+	maxBody        int64
+	maxResponse    int
+	replayHeaders  map[string]bool
+	keep           func(status int) bool
+	mismatchStatus int
+	replayedHeader string
+	conflictMode   bool
+	failOpen       bool
+	problem        ProblemWriter
+	onEvent        func(context.Context, Event)
+	logger         *slog.Logger
+}
+
+// defaultReplayHeaders are the response headers a replay sends again.
+// Content-Encoding is on the list because a body recorded after an inner
+// compression middleware means nothing without it.
+var defaultReplayHeaders = []string{
+	"Location", "Content-Type", "Content-Encoding", "Content-Language",
+	"Cache-Control", "ETag", "Last-Modified", "Link",
+}
+
+func defaultConfig() *config {
+	c := &config{
+		ttl:            24 * time.Hour,
+		lease:          time.Minute,
+		storeTimeout:   time.Second,
+		keyHeaders:     []string{"Idempotency-Key"},
+		validate:       KeyUUIDv4,
+		methods:        []string{http.MethodPost, http.MethodPatch},
+		scope:          AuthorizationScope,
+		fingerprint:    []FingerprintPart{QueryString(), RawBody()},
+		maxBody:        1 << 20,
+		maxResponse:    1 << 20,
+		replayHeaders:  make(map[string]bool),
+		keep:           DefaultKeep,
+		mismatchStatus: http.StatusConflict,
+		replayedHeader: "Idempotent-Replayed",
+		problem:        WriteProblem,
+	}
+	for _, h := range defaultReplayHeaders {
+		c.replayHeaders[h] = true
+	}
+	return c
+}
+
+// mustPositive panics, at construction, on a non-positive duration or size.
+func mustPositive[T int | int64 | time.Duration](name string, v T) {
+	if v <= 0 {
+		panic(fmt.Sprintf("idempotency: %s must be positive, got %v", name, v))
+	}
+}
+
+// WithStore sets the store that keeps the records (default: a new
+// [MemoryStore] per middleware). Share one store between middlewares that
+// must see each other's keys, and use a Redis store to share keys between
+// processes.
+func WithStore(s Store) Option {
+	if s == nil {
+		panic("idempotency: WithStore(nil)")
+	}
+	return optionFunc(func(c *config) { c.store = s })
+}
+
+// WithTTL sets how long a completed record is kept and replayed (default
+// 24 h). After it, the key is new again.
+func WithTTL(d time.Duration) Option {
+	mustPositive("TTL", d)
+	return optionFunc(func(c *config) { c.ttl = d })
+}
+
+// WithLease sets the in-flight lease (default 1 minute). The middleware
+// renews the lease every third of it while the handler runs, so a slow
+// handler keeps its key; a process that dies stops renewing and its key is
+// free one lease later.
+func WithLease(d time.Duration) Option {
+	mustPositive("lease", d)
+	return optionFunc(func(c *config) { c.lease = d })
+}
+
+// WithStoreTimeout sets the deadline of every store call (default 1 s).
+func WithStoreTimeout(d time.Duration) Option {
+	mustPositive("store timeout", d)
+	return optionFunc(func(c *config) { c.storeTimeout = d })
+}
+
+// WithWaitInFlight makes a duplicate that arrives while the first request
+// is still running wait up to d for it to finish and then get the replay,
+// instead of an immediate 409. The wait polls the store with backoff, so it
+// works across processes that share a store; when d passes, the answer is
+// 409 with Retry-After as without the option.
+func WithWaitInFlight(d time.Duration) Option {
+	mustPositive("wait", d)
+	return optionFunc(func(c *config) { c.waitInFlight = d })
+}
+
+// WithKeyHeaders sets the header names that carry the key (default
+// "Idempotency-Key"). Two different values in one request get 400.
+//
+//	idempotency.WithKeyHeaders("Idempotency-Key", "X-Idempotency-Key")
+func WithKeyHeaders(names ...string) Option {
+	if len(names) == 0 {
+		panic("idempotency: WithKeyHeaders needs at least one name")
+	}
+	canonical := make([]string, len(names))
+	for i, n := range names {
+		if n == "" {
+			panic("idempotency: WithKeyHeaders with an empty name")
+		}
+		canonical[i] = http.CanonicalHeaderKey(n)
+	}
+	return optionFunc(func(c *config) { c.keyHeaders = canonical })
+}
+
+// WithKeyValidator sets what a valid key is (default [KeyUUIDv4]). See
+// [KeyAnyUUID] and [KeyPrintable], or pass your own function.
+func WithKeyValidator(v KeyValidator) Option {
+	if v == nil {
+		panic("idempotency: WithKeyValidator(nil)")
+	}
+	return optionFunc(func(c *config) { c.validate = v })
+}
+
+// RequireKey makes the key mandatory: a request with one of the middleware's
+// methods but without a key gets 400. Mount such a middleware on the routes
+// or groups that need it.
+func RequireKey() Option {
+	return optionFunc(func(c *config) { c.required = true })
+}
+
+// WithMethods sets the methods the middleware handles (default POST and
+// PATCH). A key on another method is ignored.
+func WithMethods(methods ...string) Option {
+	if len(methods) == 0 {
+		panic("idempotency: WithMethods needs at least one method")
+	}
+	return optionFunc(func(c *config) { c.methods = append([]string(nil), methods...) })
+}
+
+// WithScope sets who owns a key: a function of the request that returns the
+// caller's identity, such as a user id, tenant or API key (default
+// [AuthorizationScope]). The middleware only keeps its SHA-256, and the same
+// key from another scope is another record.
+//
+//	idempotency.WithScope(func(c *gin.Context) string { return c.GetString("user") })
+func WithScope(scope func(*gin.Context) string) Option {
+	if scope == nil {
+		panic("idempotency: WithScope(nil)")
+	}
+	return optionFunc(func(c *config) { c.scope = scope })
+}
+
+// WithFingerprint sets what identifies a request's payload (default
+// QueryString() and RawBody()). Parts compose: the fingerprint is a SHA-256
+// over each part in turn, after the method and route.
+//
+//	idempotency.WithFingerprint(idempotency.CanonicalJSON(), idempotency.Headers("Tenant"))
+func WithFingerprint(parts ...FingerprintPart) Option {
+	if len(parts) == 0 {
+		panic("idempotency: WithFingerprint needs at least one part")
+	}
+	return optionFunc(func(c *config) { c.fingerprint = append([]FingerprintPart(nil), parts...) })
+}
+
+// WithMaxBodyBytes caps the request body read for the fingerprint (default
+// 1 MiB). A request with a key and a larger body gets 413 and the handler
+// does not run.
+func WithMaxBodyBytes(n int64) Option {
+	mustPositive("max body bytes", n)
+	return optionFunc(func(c *config) { c.maxBody = n })
+}
+
+// WithMaxResponseBytes caps the response body that is recorded for replay
+// (default 1 MiB). A larger response reaches the first client in full and
+// is kept without a body: duplicates get 409 with the stored Location.
+func WithMaxResponseBytes(n int) Option {
+	mustPositive("max response bytes", n)
+	return optionFunc(func(c *config) { c.maxResponse = n })
+}
+
+// WithReplayHeaders adds response headers to the replayable list (Location,
+// Content-Type, Content-Encoding, Content-Language, Cache-Control, ETag,
+// Last-Modified, Link). Date, Set-Cookie and hop-by-hop headers are
+// replayed only when added here.
+func WithReplayHeaders(names ...string) Option {
+	return optionFunc(func(c *config) {
+		for _, n := range names {
+			c.replayHeaders[http.CanonicalHeaderKey(n)] = true
+		}
+	})
+}
+
+// WithKeep sets which response statuses are kept and replayed (default
+// [DefaultKeep]). A status that is not kept releases the key, so a retry
+// runs the handler again.
+//
+//	idempotency.WithKeep(func(status int) bool { return true }) // keep 5xx too, like Stripe
+func WithKeep(keep func(status int) bool) Option {
+	if keep == nil {
+		panic("idempotency: WithKeep(nil)")
+	}
+	return optionFunc(func(c *config) { c.keep = keep })
+}
+
+// WithMismatchStatus sets the status for a key reused with another payload,
+// method or route: 409 (default) or 422 (the draft's suggestion).
+func WithMismatchStatus(status int) Option {
+	if status != http.StatusConflict && status != http.StatusUnprocessableEntity {
+		panic(fmt.Sprintf("idempotency: mismatch status must be 409 or 422, got %d", status))
+	}
+	return optionFunc(func(c *config) { c.mismatchStatus = status })
+}
+
+// WithReplayedHeader sets the header that marks a replay (default
+// "Idempotent-Replayed", sent as "true").
+//
+//	idempotency.WithReplayedHeader("X-Served-From-Cache") // Apache Fineract
+func WithReplayedHeader(name string) Option {
+	if name == "" {
+		panic("idempotency: WithReplayedHeader with an empty name")
+	}
+	return optionFunc(func(c *config) { c.replayedHeader = http.CanonicalHeaderKey(name) })
+}
+
+// WithConflictOnReplay answers a completed duplicate with 409 and the stored
+// Location instead of replaying the stored response (the OpenLMIS way).
+func WithConflictOnReplay() Option {
+	return optionFunc(func(c *config) { c.conflictMode = true })
+}
+
+// WithFailOpen runs the handler without idempotency when the store fails,
+// and logs it. The default is to fail closed: 503 with Retry-After, and the
+// handler does not run.
+func WithFailOpen() Option {
+	return optionFunc(func(c *config) { c.failOpen = true })
+}
+
+// WithProblemWriter replaces how the middleware writes its own error
+// responses (default [WriteProblem], application/problem+json).
+func WithProblemWriter(w ProblemWriter) Option {
+	if w == nil {
+		panic("idempotency: WithProblemWriter(nil)")
+	}
+	return optionFunc(func(c *config) { c.problem = w })
+}
+
+// WithEventHook calls hook with each outcome (see [EventKind]), for metrics
+// and tracing. It runs on the request's goroutine and must be quick.
+func WithEventHook(hook func(context.Context, Event)) Option {
+	return optionFunc(func(c *config) { c.onEvent = hook })
+}
+
+// WithLogger sets the logger (default slog.Default(), read once in [New]).
+// The middleware logs store failures, lost leases and fail-open requests as
+// warnings or errors, and each outcome at debug level; it logs key hashes,
+// never raw keys, scopes or bodies.
+func WithLogger(l *slog.Logger) Option {
+	if l == nil {
+		panic("idempotency: WithLogger(nil)")
+	}
+	return optionFunc(func(c *config) { c.logger = l })
+}

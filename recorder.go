@@ -1,0 +1,144 @@
+package idempotency
+
+import (
+	"bufio"
+	"net"
+	"net/http"
+
+	"github.com/gin-gonic/gin"
+)
+
+// recorder wraps the handler's gin.ResponseWriter and records the response
+// while it is written to the client: the status and the replayable headers
+// when the header is sent, and the body up to a cap. It never buffers
+// before writing, so streaming works as without it. A flushed, hijacked or
+// over-cap response is marked as having no replayable body.
+type recorder struct {
+	gin.ResponseWriter
+	replayable map[string]bool // canonical header names to snapshot
+	maxBody    int
+
+	statusSet bool        // the handler called WriteHeader
+	sent      bool        // the header was snapshotted when it was sent
+	status    int         // status when the header was sent
+	header    http.Header // replayable subset, snapshotted when sent
+	body      []byte
+	omitted   bool // flushed, hijacked or over the cap
+}
+
+var (
+	_ gin.ResponseWriter                        = (*recorder)(nil)
+	_ http.Flusher                              = (*recorder)(nil)
+	_ http.Hijacker                             = (*recorder)(nil)
+	_ http.CloseNotifier                        = (*recorder)(nil)
+	_ interface{ Unwrap() http.ResponseWriter } = (*recorder)(nil)
+)
+
+func newRecorder(w gin.ResponseWriter, replayable map[string]bool, maxBody int) *recorder {
+	return &recorder{ResponseWriter: w, replayable: replayable, maxBody: maxBody}
+}
+
+// WriteHeader records that the handler chose a status. Gin sends it with
+// the first write, or after the handlers when nothing is written.
+func (r *recorder) WriteHeader(code int) {
+	r.statusSet = true
+	r.ResponseWriter.WriteHeader(code)
+}
+
+// WriteHeaderNow sends the header, recording it first.
+func (r *recorder) WriteHeaderNow() {
+	r.snapshot()
+	r.ResponseWriter.WriteHeaderNow()
+}
+
+// Write records b (up to the cap) and writes it to the client.
+func (r *recorder) Write(b []byte) (int, error) {
+	r.snapshot()
+	if r.fits(len(b)) {
+		r.body = append(r.body, b...)
+	}
+	return r.ResponseWriter.Write(b)
+}
+
+// WriteString records s (up to the cap) and writes it to the client.
+func (r *recorder) WriteString(s string) (int, error) {
+	r.snapshot()
+	if r.fits(len(s)) {
+		r.body = append(r.body, s...)
+	}
+	return r.ResponseWriter.WriteString(s)
+}
+
+// Flush marks the response as streamed (kept without a body) and flushes.
+func (r *recorder) Flush() {
+	r.snapshot()
+	r.omit()
+	r.ResponseWriter.Flush()
+}
+
+// Hijack marks the response as taken over (kept without a body) and hands
+// the connection to the caller.
+func (r *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	r.snapshot()
+	r.omit()
+	return r.ResponseWriter.Hijack()
+}
+
+// Unwrap returns the wrapped writer, for http.ResponseController.
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// snapshot records the status and the replayable headers the first time the
+// header is about to be sent; later edits to the header map do not count.
+func (r *recorder) snapshot() {
+	if r.sent || r.ResponseWriter.Written() {
+		return
+	}
+	r.sent = true
+	r.status = r.ResponseWriter.Status()
+	for name, values := range r.ResponseWriter.Header() {
+		if r.replayable[name] {
+			if r.header == nil {
+				r.header = make(http.Header, len(r.replayable))
+			}
+			r.header[name] = append([]string(nil), values...)
+		}
+	}
+}
+
+// fits reports whether n more body bytes are to be recorded; past the cap
+// it gives up the body for good.
+func (r *recorder) fits(n int) bool {
+	if !r.omitted && len(r.body)+n > r.maxBody {
+		r.omit()
+	}
+	return !r.omitted
+}
+
+func (r *recorder) omit() {
+	r.omitted = true
+	r.body = nil
+}
+
+// wroteNothing reports whether the handler neither wrote nor chose a status.
+func (r *recorder) wroteNothing() bool {
+	return !r.sent && !r.statusSet && !r.ResponseWriter.Written()
+}
+
+// finish sends a header the handler chose but did not write, as Gin would
+// after the handlers, so that it is recorded too.
+func (r *recorder) finish() {
+	if !r.sent && r.statusSet {
+		r.WriteHeaderNow()
+	}
+}
+
+// result is the recorded response as a completed record.
+func (r *recorder) result() *Record {
+	return &Record{
+		State:       Completed,
+		Status:      r.status,
+		Header:      r.header,
+		Body:        r.body,
+		BodyOmitted: r.omitted,
+	}
+}

@@ -1,0 +1,265 @@
+package idempotency_test
+
+import (
+	"context"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	idem "github.com/ginidem/idempotency"
+)
+
+// storeHarness builds a fresh, empty store for one test, with a way to move
+// the store's clock forward.
+type storeHarness struct {
+	name string
+	new  func(t *testing.T) (store idem.Store, advance func(time.Duration))
+}
+
+// fakeClock is a manually advanced clock for the memory store.
+type fakeClock struct{ ns atomic.Int64 }
+
+func newFakeClock() *fakeClock {
+	c := &fakeClock{}
+	c.ns.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
+	return c
+}
+
+func (c *fakeClock) Now() time.Time          { return time.Unix(0, c.ns.Load()) }
+func (c *fakeClock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
+func memoryHarness(opts ...idem.MemoryStoreOption) storeHarness {
+	return storeHarness{name: "memory", new: func(t *testing.T) (idem.Store, func(time.Duration)) {
+		clock := newFakeClock()
+		return idem.NewMemoryStore(append([]idem.MemoryStoreOption{idem.WithClock(clock.Now)}, opts...)...), clock.Advance
+	}}
+}
+
+// allStores lists every store the shared suites run against: memory always,
+// Redis ones where a server is available (see redis_store_test.go).
+func allStores(t *testing.T) []storeHarness {
+	return append([]storeHarness{memoryHarness()}, redisHarnesses(t)...)
+}
+
+// forEachStore runs fn as a subtest once per store.
+func forEachStore(t *testing.T, fn func(t *testing.T, h storeHarness)) {
+	for _, h := range allStores(t) {
+		t.Run(h.name, func(t *testing.T) { fn(t, h) })
+	}
+}
+
+func storeCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+var testClaim = &idem.Record{Fingerprint: []byte("fp-1"), Method: http.MethodPost, Path: "/things"}
+
+// TestStoreConformance is the store-level contract every Store keeps: one
+// table, run against memory, real Redis and Cluster.
+func TestStoreConformance(t *testing.T) {
+	const lease, ttl = time.Minute, time.Hour
+	cases := []struct {
+		name string
+		run  func(t *testing.T, s idem.Store, advance func(time.Duration))
+	}{
+		{"spec10/acquire free key returns a token", func(t *testing.T, s idem.Store, _ func(time.Duration)) {
+			token, held, err := s.Acquire(storeCtx(t), "k", testClaim, lease)
+			require.NoError(t, err)
+			assert.NotEmpty(t, token)
+			assert.Nil(t, held)
+		}},
+		{"spec10/acquire held key returns the in-flight record", func(t *testing.T, s idem.Store, _ func(time.Duration)) {
+			ctx := storeCtx(t)
+			_, _, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			token, held, err := s.Acquire(ctx, "k", &idem.Record{Fingerprint: []byte("other")}, lease)
+			require.NoError(t, err)
+			assert.Empty(t, token)
+			require.NotNil(t, held)
+			assert.Equal(t, idem.InFlight, held.State)
+			assert.Equal(t, testClaim.Fingerprint, held.Fingerprint)
+			assert.Equal(t, testClaim.Method, held.Method)
+			assert.Equal(t, testClaim.Path, held.Path)
+		}},
+		{"spec10/tokens are unique per acquisition", func(t *testing.T, s idem.Store, advance func(time.Duration)) {
+			ctx := storeCtx(t)
+			first, _, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			advance(lease + time.Second)
+			second, held, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			assert.Nil(t, held)
+			assert.NotEqual(t, first, second)
+		}},
+		{"spec11/complete stores the response exactly", func(t *testing.T, s idem.Store, _ func(time.Duration)) {
+			ctx := storeCtx(t)
+			token, _, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			body := []byte("{\"id\":1}\x00\xff binary \r\n")
+			rec := &idem.Record{
+				State: idem.Completed, Fingerprint: testClaim.Fingerprint, Method: "POST", Path: "/things",
+				Status: 201, Header: http.Header{"Location": {"/things/1"}, "Link": {"<a>", "<b>"}}, Body: body,
+			}
+			require.NoError(t, s.Complete(ctx, "k", token, rec, ttl))
+			_, held, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			require.NotNil(t, held)
+			assert.Equal(t, idem.Completed, held.State)
+			assert.Equal(t, 201, held.Status)
+			assert.Equal(t, rec.Header, held.Header)
+			assert.Equal(t, body, held.Body)
+			assert.False(t, held.BodyOmitted)
+			assert.Equal(t, testClaim.Fingerprint, held.Fingerprint)
+			assert.Equal(t, "POST", held.Method)
+			assert.Equal(t, "/things", held.Path)
+			assert.True(t, held.ExpiresAt.After(time.Now().Add(-time.Hour*24*365*10)), "ExpiresAt is set")
+		}},
+		{"spec14/a completed record without body keeps BodyOmitted", func(t *testing.T, s idem.Store, _ func(time.Duration)) {
+			ctx := storeCtx(t)
+			token, _, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			rec := &idem.Record{State: idem.Completed, Fingerprint: testClaim.Fingerprint, Status: 200,
+				Header: http.Header{"Location": {"/s"}}, BodyOmitted: true}
+			require.NoError(t, s.Complete(ctx, "k", token, rec, ttl))
+			_, held, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			require.NotNil(t, held)
+			assert.True(t, held.BodyOmitted)
+			assert.Empty(t, held.Body)
+			assert.Equal(t, "/s", held.Header.Get("Location"))
+		}},
+		{"spec12/release frees the key", func(t *testing.T, s idem.Store, _ func(time.Duration)) {
+			ctx := storeCtx(t)
+			token, _, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			require.NoError(t, s.Release(ctx, "k", token))
+			again, held, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			assert.Nil(t, held)
+			assert.NotEmpty(t, again)
+		}},
+		{"spec23/wrong token cannot complete, release or extend", func(t *testing.T, s idem.Store, _ func(time.Duration)) {
+			ctx := storeCtx(t)
+			token, _, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			rec := &idem.Record{State: idem.Completed, Status: 200}
+			assert.ErrorIs(t, s.Complete(ctx, "k", "not-"+token, rec, ttl), idem.ErrNotOwner)
+			assert.ErrorIs(t, s.Release(ctx, "k", "not-"+token), idem.ErrNotOwner)
+			assert.ErrorIs(t, s.Extend(ctx, "k", "not-"+token, lease), idem.ErrNotOwner)
+			_, held, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			require.NotNil(t, held)
+			assert.Equal(t, idem.InFlight, held.State)
+		}},
+		{"spec23/a completed record cannot be released or completed again", func(t *testing.T, s idem.Store, _ func(time.Duration)) {
+			ctx := storeCtx(t)
+			token, _, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			require.NoError(t, s.Complete(ctx, "k", token, &idem.Record{State: idem.Completed, Status: 201, Body: []byte("a")}, ttl))
+			assert.ErrorIs(t, s.Release(ctx, "k", token), idem.ErrNotOwner)
+			assert.ErrorIs(t, s.Extend(ctx, "k", token, lease), idem.ErrNotOwner)
+			assert.ErrorIs(t, s.Complete(ctx, "k", token, &idem.Record{State: idem.Completed, Status: 200, Body: []byte("b")}, ttl), idem.ErrNotOwner)
+			_, held, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			require.NotNil(t, held)
+			assert.Equal(t, []byte("a"), held.Body)
+		}},
+		{"spec23/an expired owner cannot overwrite the newer record", func(t *testing.T, s idem.Store, advance func(time.Duration)) {
+			ctx := storeCtx(t)
+			old, _, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			advance(lease + time.Second)
+			fresh, held, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			require.Nil(t, held)
+			assert.ErrorIs(t, s.Complete(ctx, "k", old, &idem.Record{State: idem.Completed, Status: 200}, ttl), idem.ErrNotOwner)
+			assert.ErrorIs(t, s.Release(ctx, "k", old), idem.ErrNotOwner)
+			require.NoError(t, s.Complete(ctx, "k", fresh, &idem.Record{State: idem.Completed, Status: 201}, ttl))
+			_, held, err = s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			require.NotNil(t, held)
+			assert.Equal(t, 201, held.Status)
+		}},
+		{"spec10/extend keeps the lease past its first end", func(t *testing.T, s idem.Store, advance func(time.Duration)) {
+			ctx := storeCtx(t)
+			token, _, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			advance(lease / 2)
+			require.NoError(t, s.Extend(ctx, "k", token, lease))
+			advance(lease/2 + time.Second)
+			_, held, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			require.NotNil(t, held, "the extended lease still holds the key")
+			require.NoError(t, s.Complete(ctx, "k", token, &idem.Record{State: idem.Completed, Status: 200}, ttl))
+		}},
+		{"spec10/an expired lease frees the key", func(t *testing.T, s idem.Store, advance func(time.Duration)) {
+			ctx := storeCtx(t)
+			_, _, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			advance(lease + time.Second)
+			token, held, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			assert.Nil(t, held)
+			assert.NotEmpty(t, token)
+		}},
+		{"spec19/a completed record expires after its ttl", func(t *testing.T, s idem.Store, advance func(time.Duration)) {
+			ctx := storeCtx(t)
+			token, _, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			require.NoError(t, s.Complete(ctx, "k", token, &idem.Record{State: idem.Completed, Status: 200}, ttl))
+			advance(ttl - time.Minute)
+			_, held, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			require.NotNil(t, held, "still kept before the ttl")
+			advance(2 * time.Minute)
+			_, held, err = s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			assert.Nil(t, held, "new again after the ttl")
+		}},
+		{"spec6/keys are independent", func(t *testing.T, s idem.Store, _ func(time.Duration)) {
+			ctx := storeCtx(t)
+			a, _, err := s.Acquire(ctx, "a", testClaim, lease)
+			require.NoError(t, err)
+			b, held, err := s.Acquire(ctx, "b", testClaim, lease)
+			require.NoError(t, err)
+			assert.Nil(t, held)
+			assert.NotEqual(t, a, b)
+		}},
+		{"spec10/concurrent acquires: exactly one wins", func(t *testing.T, s idem.Store, _ func(time.Duration)) {
+			ctx := storeCtx(t)
+			var wins atomic.Int32
+			var wg sync.WaitGroup
+			for range 50 {
+				wg.Go(func() {
+					token, _, err := s.Acquire(ctx, "k", testClaim, lease)
+					assert.NoError(t, err)
+					if token != "" {
+						wins.Add(1)
+					}
+				})
+			}
+			wg.Wait()
+			assert.Equal(t, int32(1), wins.Load())
+		}},
+		{"spec22/a cancelled context is an error", func(t *testing.T, s idem.Store, _ func(time.Duration)) {
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel()
+			_, _, err := s.Acquire(ctx, "k", testClaim, lease)
+			assert.Error(t, err)
+		}},
+	}
+	forEachStore(t, func(t *testing.T, h storeHarness) {
+		for _, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				s, advance := h.new(t)
+				tc.run(t, s, advance)
+			})
+		}
+	})
+}
