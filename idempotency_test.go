@@ -787,3 +787,58 @@ type bogusStore struct {
 func (s *bogusStore) Acquire(context.Context, string, *idem.Record, time.Duration) (string, *idem.Record, error) {
 	return "", s.held, nil
 }
+
+// TestSpec2_OptionsPerGroupAndRoute: each group or route has its own
+// middleware and options: one requires keys and answers 422 on a mismatch,
+// one keeps the defaults, one route takes any printable key.
+func TestSpec2_OptionsPerGroupAndRoute(t *testing.T) {
+	r := gin.New()
+	handler := func(c *gin.Context) { c.String(http.StatusCreated, "ok") }
+	strict := r.Group("/strict", idem.New(idem.RequireKey(), idem.WithMismatchStatus(http.StatusUnprocessableEntity)))
+	strict.POST("/x", handler)
+	relaxed := r.Group("/relaxed", idem.New())
+	relaxed.POST("/x", handler)
+	r.POST("/route", idem.New(idem.WithKeyValidator(idem.KeyPrintable(32))), handler)
+	srv := httptest.NewServer(r)
+	defer srv.Close()
+	send := func(path, key, body string) int {
+		hr, _ := http.NewRequest("POST", srv.URL+path, strings.NewReader(body))
+		if key != "" {
+			hr.Header.Set("Idempotency-Key", key)
+		}
+		res, err := srv.Client().Do(hr)
+		require.NoError(t, err)
+		res.Body.Close()
+		return res.StatusCode
+	}
+	assert.Equal(t, http.StatusBadRequest, send("/strict/x", "", "a"))
+	assert.Equal(t, http.StatusCreated, send("/relaxed/x", "", "a"))
+	assert.Equal(t, http.StatusCreated, send("/strict/x", key1, "a"))
+	assert.Equal(t, http.StatusUnprocessableEntity, send("/strict/x", key1, "b"))
+	assert.Equal(t, http.StatusCreated, send("/relaxed/x", key1, "a"), "another middleware, another store")
+	assert.Equal(t, http.StatusConflict, send("/relaxed/x", key1, "b"))
+	assert.Equal(t, http.StatusCreated, send("/route", "order-1", "a"))
+	assert.Equal(t, http.StatusBadRequest, send("/relaxed/x", "order-1", "a"))
+}
+
+// TestNewPanicsOnBadOptions: configuration errors are caught once, at
+// construction, with the package prefix.
+func TestNewPanicsOnBadOptions(t *testing.T) {
+	for name, opt := range map[string]func(){
+		"ttl":      func() { idem.WithTTL(0) },
+		"lease":    func() { idem.WithLease(-time.Second) },
+		"mismatch": func() { idem.WithMismatchStatus(400) },
+		"store":    func() { idem.WithStore(nil) },
+		"headers":  func() { idem.WithKeyHeaders() },
+		"scope":    func() { idem.WithScope(nil) },
+	} {
+		assert.PanicsWithValue(t, panicValue(opt), opt, name)
+		assert.True(t, strings.HasPrefix(panicValue(opt), "idempotency: "), name)
+	}
+}
+
+func panicValue(f func()) (v string) {
+	defer func() { v = fmt.Sprint(recover()) }()
+	f()
+	return ""
+}

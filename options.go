@@ -70,7 +70,7 @@ func defaultConfig() *config {
 		problem:        WriteProblem,
 	}
 	for _, h := range defaultReplayHeaders {
-		c.replayHeaders[h] = true
+		c.replayHeaders[http.CanonicalHeaderKey(h)] = true
 	}
 	return c
 }

@@ -1,0 +1,109 @@
+package idempotency_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	idem "github.com/ginidem/idempotency"
+)
+
+// memoryApp serves the test routes over a memory store built with opts.
+func memoryApp(t *testing.T, storeOpts []idem.MemoryStoreOption, opts ...idem.Option) (*app, *idem.MemoryStore, *fakeClock) {
+	t.Helper()
+	clock := newFakeClock()
+	store := idem.NewMemoryStore(append([]idem.MemoryStoreOption{idem.WithClock(clock.Now)}, storeOpts...)...)
+	h := storeHarness{name: "memory", new: func(*testing.T) (idem.Store, func(time.Duration)) { return store, clock.Advance }}
+	return newApp(t, h, opts...), store, clock
+}
+
+func TestSpec24_MemoryStoreBoundedByEntries(t *testing.T) {
+	a, store, _ := memoryApp(t, []idem.MemoryStoreOption{idem.WithMaxEntries(100)})
+	keys := make([]string, 1000)
+	for i := range keys {
+		keys[i] = uuid.NewString()
+		require.Equal(t, http.StatusCreated, a.do(post("/things", keys[i], "x")).status)
+		require.LessOrEqual(t, store.Len(), 100)
+	}
+	assert.Equal(t, 100, store.Len())
+	assert.True(t, a.do(post("/things", keys[999], "x")).replayed(), "the newest is kept")
+	assert.False(t, a.do(post("/things", keys[0], "x")).replayed(), "the least recently used was evicted")
+}
+
+func TestSpec24_MemoryStoreEvictsLeastRecentlyUsed(t *testing.T) {
+	a, _, _ := memoryApp(t, []idem.MemoryStoreOption{idem.WithMaxEntries(3)})
+	k := []string{uuid.NewString(), uuid.NewString(), uuid.NewString(), uuid.NewString()}
+	for _, key := range k[:3] {
+		a.do(post("/things", key, "x"))
+	}
+	assert.True(t, a.do(post("/things", k[0], "x")).replayed()) // k[0] is now the most recent
+	a.do(post("/things", k[3], "x"))                            // evicts k[1]
+	assert.True(t, a.do(post("/things", k[0], "x")).replayed())
+	assert.False(t, a.do(post("/things", k[1], "x")).replayed())
+}
+
+func TestSpec24_MemoryStoreBoundedByBytes(t *testing.T) {
+	const bound = 64 << 10
+	a, store, _ := memoryApp(t, []idem.MemoryStoreOption{idem.WithMaxBytes(bound)})
+	for range 200 { // each record holds a 4 KiB body
+		require.Equal(t, http.StatusOK, a.do(post("/big", uuid.NewString(), "x")).status)
+		require.LessOrEqual(t, store.Bytes(), int64(bound))
+	}
+	assert.Greater(t, store.Len(), 5)
+	assert.Less(t, store.Len(), 17)
+}
+
+func TestSpec24_InFlightRecordsAreNeverEvicted(t *testing.T) {
+	a, store, _ := memoryApp(t, []idem.MemoryStoreOption{idem.WithMaxEntries(2)})
+	first := a.async(post("/slow", key1, "x"))
+	second := a.async(post("/slow", key2, "x"))
+	a.waitEntered(2)
+	full := a.do(post("/things", uuid.NewString(), "x"))
+	assert.Equal(t, http.StatusServiceUnavailable, full.status, "no room: refuse rather than evict an in-flight key")
+	assert.Equal(t, idem.ProblemStoreUnavailable, full.problem(t).Type)
+	assert.Equal(t, http.StatusConflict, a.do(post("/slow", key1, "x")).status, "still held")
+	close(a.gate)
+	recv(t, first)
+	recv(t, second)
+	assert.Equal(t, 2, store.Len())
+	assert.Equal(t, http.StatusCreated, a.do(post("/things", uuid.NewString(), "x")).status, "completed ones make room")
+}
+
+func TestSpec24_ExpiredRecordsAreReclaimed(t *testing.T) {
+	a, store, clock := memoryApp(t, nil, idem.WithTTL(time.Hour))
+	for range 10 {
+		a.do(post("/things", uuid.NewString(), "x"))
+	}
+	require.Equal(t, 10, store.Len())
+	clock.Advance(2 * time.Hour)
+	for range 10 {
+		a.do(post("/things", uuid.NewString(), "x"))
+	}
+	assert.Equal(t, 10, store.Len(), "the expired ten are gone without a janitor")
+}
+
+// TestSpec24_MemoryStoreFullOfInFlightRecords: the store refuses a new key
+// at its bound rather than dropping one in flight, and an expired lease
+// makes room.
+func TestSpec24_MemoryStoreFullOfInFlightRecords(t *testing.T) {
+	clock := newFakeClock()
+	s := idem.NewMemoryStore(idem.WithMaxEntries(2), idem.WithClock(clock.Now))
+	ctx := context.Background()
+	for i := range 2 {
+		_, _, err := s.Acquire(ctx, fmt.Sprint(i), testClaim, time.Minute)
+		require.NoError(t, err)
+	}
+	_, _, err := s.Acquire(ctx, "2", testClaim, time.Minute)
+	assert.ErrorIs(t, err, idem.ErrStoreFull)
+	clock.Advance(2 * time.Minute)
+	token, _, err := s.Acquire(ctx, "2", testClaim, time.Minute)
+	assert.NoError(t, err)
+	assert.NotEmpty(t, token)
+	assert.Equal(t, 1, s.Len())
+}
