@@ -42,7 +42,12 @@ type app struct {
 	calls   atomic.Int32  // handler runs, all routes
 	gate    chan struct{} // /slow blocks until it is closed or sent to
 	entered chan struct{} // /slow reports each entry
+	opened  sync.Once
 }
+
+// open lets every /slow handler finish. It also runs at cleanup, before the
+// server closes, so that a failing test fails instead of hanging.
+func (a *app) open() { a.opened.Do(func() { close(a.gate) }) }
 
 // newApp serves the test routes with the middleware (opts) over the store
 // of h.
@@ -56,6 +61,7 @@ func newApp(t *testing.T, h storeHarness, opts ...idem.Option) *app {
 	a.routes(r)
 	a.srv = httptest.NewServer(r)
 	t.Cleanup(a.srv.Close)
+	t.Cleanup(a.open)
 	return a
 }
 
@@ -188,6 +194,13 @@ func (a *app) async(r req) <-chan resp {
 	ch := make(chan resp, 1)
 	go func() { ch <- a.do(r) }()
 	return ch
+}
+
+// doBounded sends r and fails, rather than hangs, when no answer comes: a
+// duplicate that wrongly ran /slow would wait on the gate.
+func (a *app) doBounded(r req) resp {
+	a.t.Helper()
+	return recv(a.t, a.async(r))
 }
 
 func recv(t *testing.T, ch <-chan resp) resp {

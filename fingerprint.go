@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"hash"
 	"io"
 	"net/http"
 	"strings"
@@ -113,9 +114,9 @@ func Headers(names ...string) FingerprintPart {
 	}
 }
 
-// fingerprint hashes the method, the route and every part.
-func fingerprint(parts []FingerprintPart, r *http.Request, route string, body []byte) ([]byte, error) {
-	h := sha256.New()
+// fingerprint hashes the method, the route and every part with h.
+func fingerprint(h *hasher, parts []FingerprintPart, r *http.Request, route string, body []byte) ([]byte, error) {
+	h.Reset()
 	writeString(h, r.Method)
 	writeString(h, route)
 	for _, part := range parts {
@@ -124,6 +125,25 @@ func fingerprint(parts []FingerprintPart, r *http.Request, route string, body []
 		}
 	}
 	return h.Sum(nil), nil
+}
+
+// hasher is a reusable SHA-256 with scratch space, so that hashing strings
+// and lengths allocates nothing. The middleware keeps them in a pool.
+type hasher struct {
+	hash.Hash
+	scratch [64]byte
+}
+
+func newHasher() any { return &hasher{Hash: sha256.New()} }
+
+// WriteString writes s through the scratch space, without converting it.
+func (h *hasher) WriteString(s string) (int, error) {
+	for n := 0; n < len(s); {
+		k := copy(h.scratch[:], s[n:])
+		h.Hash.Write(h.scratch[:k])
+		n += k
+	}
+	return len(s), nil
 }
 
 // writeField writes b with its length in front.
@@ -139,6 +159,11 @@ func writeString(w io.Writer, s string) {
 }
 
 func writeLength(w io.Writer, n int) {
+	if h, ok := w.(*hasher); ok {
+		binary.BigEndian.PutUint64(h.scratch[:8], uint64(n))
+		h.Hash.Write(h.scratch[:8])
+		return
+	}
 	var b [8]byte
 	binary.BigEndian.PutUint64(b[:], uint64(n))
 	w.Write(b[:])

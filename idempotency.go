@@ -52,7 +52,8 @@ func New(opts ...Option) gin.HandlerFunc {
 	if cfg.logger == nil {
 		cfg.logger = slog.Default()
 	}
-	m := &middleware{config: *cfg}
+	m := &middleware{config: *cfg, hashers: sync.Pool{New: newHasher}}
+	_, m.inProcess = m.store.(*MemoryStore)
 	return m.handle
 }
 
@@ -74,13 +75,21 @@ func DefaultKeep(status int) bool {
 
 type middleware struct {
 	config
+	hashers sync.Pool // of *hasher
+	// inProcess is set for a store that answers from memory without I/O; its
+	// calls need no deadline timer.
+	inProcess bool
 }
 
-// request is what the middleware knows of one keyed request.
-type request struct {
+// flight is everything the middleware knows of one keyed request, in one
+// allocation.
+type flight struct {
 	scope [sha256.Size]byte // SHA-256 of the caller's scope
 	key   string            // store key: hex SHA-256 of scope and key
 	claim Record            // fingerprint, method and route
+	body  bodyReader        // the handler's view of the request body
+	rec   recorder
+	lease leaseKeeper
 }
 
 func (m *middleware) handle(c *gin.Context) {
@@ -102,32 +111,32 @@ func (m *middleware) handle(c *gin.Context) {
 		c.Next()
 		return
 	}
-	r, ok := m.newRequest(c, key)
-	if !ok {
+	f := &flight{}
+	if !m.prepare(c, f, key) {
 		return
 	}
-	token, held, err := m.acquire(c, r)
+	token, held, err := m.acquire(c, f)
 	switch {
 	case err != nil:
-		m.storeFailed(c, r, err)
+		m.storeFailed(c, f, err)
 	case held == nil:
-		m.run(c, r, token)
-	case !bytes.Equal(held.Fingerprint, r.claim.Fingerprint):
-		m.mismatch(c, r, held)
+		m.run(c, f, token)
+	case !bytes.Equal(held.Fingerprint, f.claim.Fingerprint):
+		m.mismatch(c, f, held)
 	case held.State == InFlight:
-		m.emit(c, r, EventConflict, http.StatusConflict, nil)
+		m.emit(c, f, EventConflict, http.StatusConflict, nil)
 		c.Header("Retry-After", "1")
 		m.refuse(c, http.StatusConflict, ProblemInFlight, "Request in progress",
 			"a request with this idempotency key is still being processed; retry later")
 	case held.BodyOmitted || m.conflictMode:
-		m.emit(c, r, EventConflict, http.StatusConflict, nil)
+		m.emit(c, f, EventConflict, http.StatusConflict, nil)
 		if loc := held.Header.Get("Location"); loc != "" {
 			c.Header("Location", loc)
 		}
 		m.refuse(c, http.StatusConflict, ProblemAlreadyCompleted, "Request already completed",
 			"a request with this idempotency key has completed; its result is not replayed")
 	default:
-		m.emit(c, r, EventReplayed, held.Status, nil)
+		m.emit(c, f, EventReplayed, held.Status, nil)
 		m.replay(c, held)
 	}
 }
@@ -141,9 +150,9 @@ func (m *middleware) handles(method string) bool {
 	return false
 }
 
-// newRequest reads the body and computes the fingerprint and store key. It
+// prepare reads the body and computes the fingerprint and the store key. It
 // answers the request itself and reports false when it cannot.
-func (m *middleware) newRequest(c *gin.Context, key string) (*request, bool) {
+func (m *middleware) prepare(c *gin.Context, f *flight, key string) bool {
 	body, err := readBody(c.Request, m.maxBody)
 	if err != nil {
 		if errors.Is(err, errBodyTooLarge) {
@@ -151,33 +160,48 @@ func (m *middleware) newRequest(c *gin.Context, key string) (*request, bool) {
 		} else {
 			m.refuse(c, http.StatusBadRequest, ProblemInvalidBody, "Unreadable request body", "the request body could not be read")
 		}
-		return nil, false
+		return false
+	}
+	if body != nil {
+		f.body.Reset(body)
+		c.Request.Body = &f.body
 	}
 	route := c.FullPath()
 	if route == "" {
 		route = c.Request.URL.Path
 	}
-	fp, err := fingerprint(m.fingerprint, c.Request, route, body)
+	h := m.hashers.Get().(*hasher)
+	defer m.hashers.Put(h)
+	fp, err := fingerprint(h, m.fingerprint, c.Request, route, body)
 	if err != nil {
 		m.refuse(c, http.StatusBadRequest, ProblemInvalidBody, "Invalid request body", err.Error())
-		return nil, false
+		return false
 	}
-	r := &request{
-		scope: sha256.Sum256([]byte(m.scope(c))),
-		claim: Record{Fingerprint: fp, Method: c.Request.Method, Path: route},
-	}
-	h := sha256.New()
-	h.Write(r.scope[:])
-	io.WriteString(h, key)
-	r.key = hex.EncodeToString(h.Sum(nil))
-	return r, true
+	f.claim = Record{Fingerprint: fp, Method: c.Request.Method, Path: route}
+	h.Reset()
+	h.WriteString(m.scope(c))
+	h.Sum(f.scope[:0])
+	h.Reset()
+	h.Write(f.scope[:])
+	h.WriteString(key)
+	var sum [sha256.Size]byte
+	var hexSum [2 * sha256.Size]byte
+	hex.Encode(hexSum[:], h.Sum(sum[:0]))
+	f.key = string(hexSum[:])
+	return true
 }
+
+// bodyReader gives the handler the body the middleware read, byte for byte.
+type bodyReader struct{ bytes.Reader }
+
+// Close implements io.Closer; the server closes the real body.
+func (*bodyReader) Close() error { return nil }
 
 // errBodyTooLarge refuses a keyed request whose body is over the cap.
 var errBodyTooLarge = errors.New("the request body is larger than this endpoint accepts with an idempotency key")
 
-// readBody reads the whole body once, up to max bytes, and gives the
-// handler a reader over the same bytes.
+// readBody reads the whole body once, up to max bytes, into one buffer
+// sized by Content-Length when it is known.
 func readBody(r *http.Request, max int64) ([]byte, error) {
 	if r.Body == nil || r.Body == http.NoBody {
 		return nil, nil
@@ -210,35 +234,35 @@ func readBody(r *http.Request, max int64) ([]byte, error) {
 			return nil, err
 		}
 	}
-	r.Body = io.NopCloser(bytes.NewReader(buf))
 	return buf, nil
 }
 
 // storeCtx bounds a store call by the store timeout. It is detached from
 // the request's cancellation, so a client that goes away never strands a
-// lease or loses a finished response.
-func (m *middleware) storeCtx(c *gin.Context) (context.Context, context.CancelFunc) {
-	return m.deadline(c.Request.Context())
-}
-
-func (m *middleware) deadline(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.WithoutCancel(ctx), m.storeTimeout)
+// lease or loses a finished response. A store that answers from memory
+// cannot hang, so its calls skip the timer.
+func (m *middleware) storeCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx = context.WithoutCancel(ctx)
+	if m.inProcess {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, m.storeTimeout)
 }
 
 // acquire takes the key, or returns the record that holds it. With
 // WithWaitInFlight, it polls with backoff while the holder is in flight.
-func (m *middleware) acquire(c *gin.Context, r *request) (string, *Record, error) {
+func (m *middleware) acquire(c *gin.Context, f *flight) (string, *Record, error) {
 	deadline := time.Now().Add(m.waitInFlight)
 	pause := 10 * time.Millisecond
 	for {
-		ctx, cancel := m.storeCtx(c)
-		token, held, err := m.store.Acquire(ctx, r.key, &r.claim, m.lease)
+		ctx, cancel := m.storeCtx(c.Request.Context())
+		token, held, err := m.store.Acquire(ctx, f.key, &f.claim, m.lease)
 		cancel()
 		if err == nil && held != nil && !validRecord(held) {
 			err = errors.New("idempotency: store returned an invalid record")
 		}
 		if err != nil || held == nil || held.State != InFlight ||
-			!bytes.Equal(held.Fingerprint, r.claim.Fingerprint) {
+			!bytes.Equal(held.Fingerprint, f.claim.Fingerprint) {
 			return token, held, err
 		}
 		left := time.Until(deadline)
@@ -270,59 +294,59 @@ func validRecord(rec *Record) bool {
 
 // run runs the handler under the recorder while keeping the lease, then
 // completes or releases the key.
-func (m *middleware) run(c *gin.Context, r *request, token string) {
-	m.emit(c, r, EventAcquired, 0, nil)
-	rec := newRecorder(c.Writer, m.replayHeaders, m.maxResponse)
-	c.Writer = rec
-	lease := m.keepLease(c, r.key, token)
+func (m *middleware) run(c *gin.Context, f *flight, token string) {
+	m.emit(c, f, EventAcquired, 0, nil)
+	f.rec.ResponseWriter, f.rec.replayable, f.rec.maxBody = c.Writer, m.replayHeaders, m.maxResponse
+	c.Writer = &f.rec
+	m.keepLease(c.Request.Context(), &f.lease, f.key, token)
 	panicked := true
 	defer func() {
 		if panicked { // release now; the panic goes on to Gin's recovery
-			lease.stop()
-			c.Writer = rec.ResponseWriter
-			m.release(c, r, token, http.StatusInternalServerError)
+			f.lease.stop()
+			c.Writer = f.rec.ResponseWriter
+			m.release(c, f, token, http.StatusInternalServerError)
 		}
 	}()
 	c.Next()
 	panicked = false
-	rec.finish()
-	c.Writer = rec.ResponseWriter
-	lost := lease.stop()
-	status := rec.Status()
+	f.rec.finish()
+	c.Writer = f.rec.ResponseWriter
+	lost := f.lease.stop()
+	status := f.rec.Status()
 	switch {
 	case lost:
-		m.emit(c, r, EventLostLease, status, ErrNotOwner)
-	case rec.wroteNothing() || !m.keep(status):
-		m.release(c, r, token, status)
+		m.emit(c, f, EventLostLease, status, ErrNotOwner)
+	case f.rec.wroteNothing() || !m.keep(status):
+		m.release(c, f, token, status)
 	default:
-		m.complete(c, r, token, rec.result(), status)
+		m.complete(c, f, token, status)
 	}
 }
 
-func (m *middleware) complete(c *gin.Context, r *request, token string, out *Record, status int) {
-	out.Fingerprint, out.Method, out.Path = r.claim.Fingerprint, r.claim.Method, r.claim.Path
-	ctx, cancel := m.storeCtx(c)
+func (m *middleware) complete(c *gin.Context, f *flight, token string, status int) {
+	out := f.rec.result(&f.claim)
+	ctx, cancel := m.storeCtx(c.Request.Context())
 	defer cancel()
-	switch err := m.store.Complete(ctx, r.key, token, out, m.ttl); {
+	switch err := m.store.Complete(ctx, f.key, token, out, m.ttl); {
 	case errors.Is(err, ErrNotOwner):
-		m.emit(c, r, EventLostLease, status, err)
+		m.emit(c, f, EventLostLease, status, err)
 	case err != nil:
-		m.emit(c, r, EventStoreError, status, err)
+		m.emit(c, f, EventStoreError, status, err)
 	default:
-		m.emit(c, r, EventCompleted, status, nil)
+		m.emit(c, f, EventCompleted, status, nil)
 	}
 }
 
-func (m *middleware) release(c *gin.Context, r *request, token string, status int) {
-	ctx, cancel := m.storeCtx(c)
+func (m *middleware) release(c *gin.Context, f *flight, token string, status int) {
+	ctx, cancel := m.storeCtx(c.Request.Context())
 	defer cancel()
-	switch err := m.store.Release(ctx, r.key, token); {
+	switch err := m.store.Release(ctx, f.key, token); {
 	case errors.Is(err, ErrNotOwner):
-		m.emit(c, r, EventLostLease, status, err)
+		m.emit(c, f, EventLostLease, status, err)
 	case err != nil:
-		m.emit(c, r, EventStoreError, status, err)
+		m.emit(c, f, EventStoreError, status, err)
 	default:
-		m.emit(c, r, EventReleased, status, nil)
+		m.emit(c, f, EventReleased, status, nil)
 	}
 }
 
@@ -335,10 +359,10 @@ type leaseKeeper struct {
 	lost    bool
 }
 
-func (m *middleware) keepLease(c *gin.Context, key, token string) *leaseKeeper {
-	k := &leaseKeeper{}
+// keepLease starts renewing the lease of key held by token into k. ctx is
+// read now, because the handler may replace c.Request.
+func (m *middleware) keepLease(ctx context.Context, k *leaseKeeper, key, token string) {
 	every := m.lease / 3
-	base := c.Request.Context() // read now: the handler may replace c.Request
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.timer = time.AfterFunc(every, func() {
@@ -347,8 +371,8 @@ func (m *middleware) keepLease(c *gin.Context, key, token string) *leaseKeeper {
 		if k.stopped || k.lost {
 			return
 		}
-		ctx, cancel := m.deadline(base)
-		err := m.store.Extend(ctx, key, token, m.lease)
+		callCtx, cancel := m.storeCtx(ctx)
+		err := m.store.Extend(callCtx, key, token, m.lease)
 		cancel()
 		if errors.Is(err, ErrNotOwner) {
 			k.lost = true
@@ -360,7 +384,6 @@ func (m *middleware) keepLease(c *gin.Context, key, token string) *leaseKeeper {
 		}
 		k.timer.Reset(every)
 	})
-	return k
 }
 
 // stop ends the renewals, waiting for one under way, and reports whether
@@ -373,20 +396,20 @@ func (k *leaseKeeper) stop() (lost bool) {
 	return k.lost
 }
 
-func (m *middleware) mismatch(c *gin.Context, r *request, held *Record) {
-	m.emit(c, r, EventMismatch, m.mismatchStatus, nil)
+func (m *middleware) mismatch(c *gin.Context, f *flight, held *Record) {
+	m.emit(c, f, EventMismatch, m.mismatchStatus, nil)
 	detail := "this idempotency key was already used with a different request payload"
-	if held.Method != r.claim.Method || held.Path != r.claim.Path {
+	if held.Method != f.claim.Method || held.Path != f.claim.Path {
 		detail = "this idempotency key was already used on another method or route"
 	}
 	m.refuse(c, m.mismatchStatus, ProblemKeyMismatch, "Idempotency key reused", detail)
 }
 
-func (m *middleware) storeFailed(c *gin.Context, r *request, err error) {
-	m.emit(c, r, EventStoreError, 0, err)
+func (m *middleware) storeFailed(c *gin.Context, f *flight, err error) {
+	m.emit(c, f, EventStoreError, 0, err)
 	if m.failOpen {
 		m.logger.LogAttrs(c.Request.Context(), slog.LevelWarn, "idempotency: store failed, running without idempotency",
-			slog.String("key", r.key), slog.Any("error", err))
+			slog.String("key", f.key), slog.Any("error", err))
 		c.Next()
 		return
 	}
@@ -399,7 +422,7 @@ func (m *middleware) storeFailed(c *gin.Context, r *request, err error) {
 func (m *middleware) replay(c *gin.Context, rec *Record) {
 	h := c.Writer.Header()
 	for name, values := range rec.Header {
-		h[name] = values
+		h[name] = values[:len(values):len(values)] // an append must copy, not write into the record
 	}
 	h[m.replayedHeader] = []string{"true"}
 	c.Writer.WriteHeader(rec.Status)
@@ -415,7 +438,7 @@ func (m *middleware) refuse(c *gin.Context, status int, typ, title, detail strin
 }
 
 // emit reports an outcome to the event hook and the logger.
-func (m *middleware) emit(c *gin.Context, r *request, kind EventKind, status int, err error) {
+func (m *middleware) emit(c *gin.Context, f *flight, kind EventKind, status int, err error) {
 	ctx := c.Request.Context()
 	level := slog.LevelDebug
 	switch kind {
@@ -426,12 +449,12 @@ func (m *middleware) emit(c *gin.Context, r *request, kind EventKind, status int
 	}
 	if m.logger.Enabled(ctx, level) {
 		m.logger.LogAttrs(ctx, level, "idempotency: "+kind.String(),
-			slog.String("key", r.key), slog.String("route", r.claim.Path), slog.Int("status", status), slog.Any("error", err))
+			slog.String("key", f.key), slog.String("route", f.claim.Path), slog.Int("status", status), slog.Any("error", err))
 	}
 	if m.onEvent != nil {
 		m.onEvent(ctx, Event{
-			Kind: kind, ScopeHash: hex.EncodeToString(r.scope[:]), Key: r.key,
-			Method: r.claim.Method, Route: r.claim.Path, Status: status, Err: err,
+			Kind: kind, ScopeHash: hex.EncodeToString(f.scope[:]), Key: f.key,
+			Method: f.claim.Method, Route: f.claim.Path, Status: status, Err: err,
 		})
 	}
 }

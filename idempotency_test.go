@@ -333,13 +333,20 @@ var behaviours = []behaviour{
 	}},
 	{"spec10/a handler slower than its lease keeps the key", func(t *testing.T, h storeHarness) {
 		var cs *countingStore
-		const lease = 300 * time.Millisecond
+		const lease = time.Second
 		a := newApp(t, counted(h, &cs), idem.WithLease(lease))
 		extended := make(chan struct{}, 100)
-		cs.onExtend = func() { extended <- struct{}{} }
+		cs.onExtend = func() {
+			select {
+			case extended <- struct{}{}:
+			default:
+			}
+		}
 		first := a.async(post("/slow", key1, "x"))
 		a.waitEntered(1)
-		for range 4 { // four renewals: well past the first lease
+		// Four renewals, each followed by a third of a lease on the store's
+		// clock: well past the first lease, so only the renewals hold the key.
+		for range 4 {
 			select {
 			case <-extended:
 			case <-time.After(10 * time.Second):
@@ -347,10 +354,10 @@ var behaviours = []behaviour{
 			}
 			a.advance(lease / 3)
 		}
-		dup := a.do(post("/slow", key1, "x"))
+		dup := a.doBounded(post("/slow", key1, "x"))
 		assert.Equal(t, http.StatusConflict, dup.status)
 		assert.Equal(t, idem.ProblemInFlight, dup.problem(t).Type)
-		close(a.gate)
+		a.open()
 		assert.Equal(t, http.StatusCreated, recv(t, first).status)
 		assert.True(t, a.do(post("/slow", key1, "x")).replayed())
 		assert.Equal(t, int32(1), a.calls.Load())
@@ -362,7 +369,7 @@ var behaviours = []behaviour{
 		// than the time we move the store's clock forward.
 		first := a.async(post("/slow", key1, "x"))
 		a.waitEntered(1)
-		assert.Equal(t, http.StatusConflict, a.do(post("/slow", key1, "x")).status, "before the lease ends")
+		assert.Equal(t, http.StatusConflict, a.doBounded(post("/slow", key1, "x")).status, "before the lease ends")
 		a.advance(time.Minute + time.Second)
 		second := a.async(post("/slow", key1, "x"))
 		a.waitEntered(1)
@@ -461,7 +468,7 @@ var behaviours = []behaviour{
 		a.waitEntered(1)
 		cancel()
 		require.Error(t, <-gone)
-		close(a.gate)
+		a.open()
 		ev.waitFor(t, idem.EventCompleted)
 		replay := a.do(post("/slow", key1, "x"))
 		assert.True(t, replay.replayed())
@@ -512,10 +519,10 @@ var behaviours = []behaviour{
 		a := newApp(t, h)
 		first := a.async(post("/slow", key1, "one"))
 		a.waitEntered(1)
-		r := a.do(post("/slow", key1, "two"))
+		r := a.doBounded(post("/slow", key1, "two"))
 		assert.Equal(t, http.StatusConflict, r.status)
 		assert.Equal(t, idem.ProblemKeyMismatch, r.problem(t).Type)
-		close(a.gate)
+		a.open()
 		recv(t, first)
 	}},
 	{"spec17/a replay is byte-identical and marked", func(t *testing.T, h storeHarness) {
@@ -548,11 +555,11 @@ var behaviours = []behaviour{
 		a := newApp(t, h)
 		first := a.async(post("/slow", key1, "x"))
 		a.waitEntered(1)
-		r := a.do(post("/slow", key1, "x"))
+		r := a.doBounded(post("/slow", key1, "x"))
 		assert.Equal(t, http.StatusConflict, r.status)
 		assert.Equal(t, "1", r.header.Get("Retry-After"))
 		assert.Equal(t, idem.ProblemInFlight, r.problem(t).Type)
-		close(a.gate)
+		a.open()
 		assert.Equal(t, http.StatusCreated, recv(t, first).status)
 		assert.Equal(t, int32(1), a.calls.Load())
 	}},
@@ -569,7 +576,7 @@ var behaviours = []behaviour{
 		a.waitEntered(1)
 		dup := a.async(post("/slow", key1, "x"))
 		<-waiting // the duplicate saw the key in flight and waits
-		close(a.gate)
+		a.open()
 		r1, r2 := recv(t, first), recv(t, dup)
 		assert.True(t, r2.replayed())
 		assert.Equal(t, r1.body, r2.body)
@@ -579,10 +586,10 @@ var behaviours = []behaviour{
 		a := newApp(t, h, idem.WithWaitInFlight(50*time.Millisecond))
 		first := a.async(post("/slow", key1, "x"))
 		a.waitEntered(1)
-		r := a.do(post("/slow", key1, "x"))
+		r := a.doBounded(post("/slow", key1, "x"))
 		assert.Equal(t, http.StatusConflict, r.status)
 		assert.Equal(t, idem.ProblemInFlight, r.problem(t).Type)
-		close(a.gate)
+		a.open()
 		recv(t, first)
 	}},
 	{"spec19/records expire after the TTL", func(t *testing.T, h storeHarness) {
@@ -716,7 +723,7 @@ var behaviours = []behaviour{
 		inflight := a.async(req{method: "POST", path: "/slow", key: "2a8c6e2a-7b3f-4c5d-9e1f-2a3b4c5d6e7f", body: "x", auth: auth})
 		a.waitEntered(1)
 		send("/slow", "2a8c6e2a-7b3f-4c5d-9e1f-2a3b4c5d6e7f", "x")
-		close(a.gate)
+		a.open()
 		recv(t, inflight)
 		ev.waitFor(t, idem.EventCompleted)
 		kinds := ev.kinds()

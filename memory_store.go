@@ -1,11 +1,9 @@
 package idempotency
 
 import (
-	"container/list"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -28,18 +26,19 @@ var ErrStoreFull = errors.New("idempotency: memory store is full of in-flight re
 type MemoryStore struct {
 	mu         sync.Mutex
 	records    map[string]*memoryEntry
-	completed  *list.List // of *memoryEntry, most recently used at the front
+	completed  memoryEntry // sentinel of the LRU ring of completed records: next is the most recent
 	bytes      int64
+	seq        uint64 // source of fencing tokens: unique within the store
 	maxEntries int
 	maxBytes   int64
 	now        func() time.Time
 }
 
 type memoryEntry struct {
-	key  string
-	rec  *Record
-	size int64
-	elem *list.Element // position in completed; nil while in flight
+	key        string
+	rec        Record
+	size       int64
+	prev, next *memoryEntry // LRU ring links; nil while in flight
 }
 
 // MemoryStoreOption configures a [MemoryStore].
@@ -83,7 +82,6 @@ func WithClock(now func() time.Time) MemoryStoreOption {
 func NewMemoryStore(opts ...MemoryStoreOption) *MemoryStore {
 	s := &MemoryStore{
 		records:    make(map[string]*memoryEntry),
-		completed:  list.New(),
 		maxEntries: 100_000,
 		maxBytes:   64 << 20,
 		now:        time.Now,
@@ -91,6 +89,7 @@ func NewMemoryStore(opts ...MemoryStoreOption) *MemoryStore {
 	for _, opt := range opts {
 		opt(s)
 	}
+	s.completed.prev, s.completed.next = &s.completed, &s.completed
 	return s
 }
 
@@ -118,27 +117,28 @@ func (s *MemoryStore) Acquire(ctx context.Context, key string, claim *Record, le
 	defer s.mu.Unlock()
 	now := s.now()
 	if e := s.live(key, now); e != nil {
-		if e.elem != nil {
-			s.completed.MoveToFront(e.elem)
+		if e.next != nil {
+			s.unlink(e)
+			s.pushFront(e)
 		}
-		held := *e.rec
+		held := e.rec
 		return "", &held, nil
 	}
-	token := newToken()
-	rec := &Record{
+	s.seq++
+	e := &memoryEntry{key: key, rec: Record{
 		State:       InFlight,
-		Token:       token,
+		Token:       strconv.FormatUint(s.seq, 36),
 		Fingerprint: claim.Fingerprint,
 		Method:      claim.Method,
 		Path:        claim.Path,
 		ExpiresAt:   now.Add(lease),
-	}
-	size := recordSize(key, rec)
-	if !s.makeRoom(size, now) {
+	}}
+	e.size = recordSize(key, &e.rec)
+	if !s.makeRoom(e.size, now) {
 		return "", nil, ErrStoreFull
 	}
-	s.put(&memoryEntry{key: key, rec: rec, size: size})
-	return token, nil, nil
+	s.put(e)
+	return e.rec.Token, nil, nil
 }
 
 // Complete implements [Store].
@@ -154,17 +154,17 @@ func (s *MemoryStore) Complete(ctx context.Context, key, token string, rec *Reco
 		return ErrNotOwner
 	}
 	s.remove(e)
-	done := *rec
-	done.State = Completed
-	done.Token = token
-	done.ExpiresAt = now.Add(ttl)
-	entry := &memoryEntry{key: key, rec: &done, size: recordSize(key, &done)}
-	if !s.makeRoom(entry.size, now) {
+	e.rec = *rec
+	e.rec.State = Completed
+	e.rec.Token = token
+	e.rec.ExpiresAt = now.Add(ttl)
+	e.size = recordSize(key, &e.rec)
+	if !s.makeRoom(e.size, now) {
 		// Only in-flight records are left and this one does not fit: keep
 		// nothing, so that a retry runs again rather than blocking the key.
 		return ErrStoreFull
 	}
-	s.put(entry)
+	s.put(e)
 	return nil
 }
 
@@ -223,19 +223,37 @@ func (s *MemoryStore) owned(key, token string, now time.Time) *memoryEntry {
 
 func (s *MemoryStore) put(e *memoryEntry) {
 	if e.rec.State == Completed {
-		e.elem = s.completed.PushFront(e)
+		s.pushFront(e)
 	}
 	s.records[e.key] = e
 	s.bytes += e.size
 }
 
 func (s *MemoryStore) remove(e *memoryEntry) {
-	if e.elem != nil {
-		s.completed.Remove(e.elem)
-		e.elem = nil
+	if e.next != nil {
+		s.unlink(e)
 	}
 	delete(s.records, e.key)
 	s.bytes -= e.size
+}
+
+// pushFront makes e the most recently used completed record.
+func (s *MemoryStore) pushFront(e *memoryEntry) {
+	e.prev, e.next = &s.completed, s.completed.next
+	e.prev.next, e.next.prev = e, e
+}
+
+func (s *MemoryStore) unlink(e *memoryEntry) {
+	e.prev.next, e.next.prev = e.next, e.prev
+	e.prev, e.next = nil, nil
+}
+
+// oldest returns the least recently used completed record, or nil.
+func (s *MemoryStore) oldest() *memoryEntry {
+	if e := s.completed.prev; e != &s.completed {
+		return e
+	}
+	return nil
 }
 
 // makeRoom evicts completed records, least recently used first, until one
@@ -246,8 +264,8 @@ func (s *MemoryStore) makeRoom(size int64, now time.Time) bool {
 	fits := func() bool {
 		return len(s.records)+1 <= s.maxEntries && s.bytes+size <= s.maxBytes
 	}
-	for !fits() && s.completed.Len() > 0 {
-		s.remove(s.completed.Back().Value.(*memoryEntry))
+	for e := s.oldest(); !fits() && e != nil; e = s.oldest() {
+		s.remove(e)
 	}
 	if fits() {
 		s.reclaimExpiredTail(now)
@@ -264,9 +282,9 @@ func (s *MemoryStore) makeRoom(size int64, now time.Time) bool {
 // reclaimExpiredTail drops a few expired records from the least recently
 // used end, so that a quiet store gives memory back without a janitor.
 func (s *MemoryStore) reclaimExpiredTail(now time.Time) {
-	for i := 0; i < 2 && s.completed.Len() > 0; i++ {
-		e := s.completed.Back().Value.(*memoryEntry)
-		if now.Before(e.rec.ExpiresAt) {
+	for i := 0; i < 2; i++ {
+		e := s.oldest()
+		if e == nil || now.Before(e.rec.ExpiresAt) {
 			return
 		}
 		s.remove(e)
@@ -284,11 +302,4 @@ func recordSize(key string, r *Record) int64 {
 		}
 	}
 	return int64(n)
-}
-
-// newToken returns a random fencing token.
-func newToken() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+)
-	return hex.EncodeToString(b[:])
 }

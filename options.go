@@ -109,7 +109,9 @@ func WithLease(d time.Duration) Option {
 	return optionFunc(func(c *config) { c.lease = d })
 }
 
-// WithStoreTimeout sets the deadline of every store call (default 1 s).
+// WithStoreTimeout sets the deadline of every store call (default 1 s). A
+// [MemoryStore] answers from memory and cannot hang, so its calls skip the
+// timer; a store that wraps one gets the deadline.
 func WithStoreTimeout(d time.Duration) Option {
 	mustPositive("store timeout", d)
 	return optionFunc(func(c *config) { c.storeTimeout = d })

@@ -34,10 +34,6 @@ var (
 	_ interface{ Unwrap() http.ResponseWriter } = (*recorder)(nil)
 )
 
-func newRecorder(w gin.ResponseWriter, replayable map[string]bool, maxBody int) *recorder {
-	return &recorder{ResponseWriter: w, replayable: replayable, maxBody: maxBody}
-}
-
 // WriteHeader records that the handler chose a status. Gin sends it with
 // the first write, or after the handlers when nothing is written.
 func (r *recorder) WriteHeader(code int) {
@@ -100,7 +96,7 @@ func (r *recorder) snapshot() {
 			if r.header == nil {
 				r.header = make(http.Header, len(r.replayable))
 			}
-			r.header[name] = append([]string(nil), values...)
+			r.header[name] = values[:len(values):len(values)] // shared: Set and Add never change these elements
 		}
 	}
 }
@@ -132,13 +128,12 @@ func (r *recorder) finish() {
 	}
 }
 
-// result is the recorded response as a completed record.
-func (r *recorder) result() *Record {
-	return &Record{
-		State:       Completed,
-		Status:      r.status,
-		Header:      r.header,
-		Body:        r.body,
-		BodyOmitted: r.omitted,
-	}
+// result turns claim into the completed record of the response.
+func (r *recorder) result(claim *Record) *Record {
+	claim.State = Completed
+	claim.Status = r.status
+	claim.Header = r.header
+	claim.Body = r.body
+	claim.BodyOmitted = r.omitted
+	return claim
 }
