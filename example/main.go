@@ -1,0 +1,313 @@
+// Command example is a small requisition service that shows the idempotency
+// middleware in front of real write routes, behind authentication and a
+// per-route rights check.
+//
+//	go run ./example                       # memory store on 127.0.0.1:8080
+//	go run ./example -latency 5s           # slow writes, to see in-flight conflicts
+//	go run ./example -idempotency=false    # the same routes without the middleware
+//	go run ./example -redis redis://127.0.0.1:6379/0
+//
+// Every flag has an environment variable (ADDR, IDEMPOTENCY_TTL,
+// IDEMPOTENCY_LEASE, LATENCY, REDIS_URL); a flag wins over its variable, and
+// the variable over the default.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/ginidem/idempotency"
+)
+
+// config is the service's configuration, read once by parseConfig.
+type config struct {
+	Addr        string        // listen address
+	TTL         time.Duration // lifetime of an idempotency record
+	Lease       time.Duration // in-flight lease of a key
+	Latency     time.Duration // delay inside every write handler (a slow backend)
+	Idempotency bool          // false serves the routes without the middleware
+	RedisURL    string        // empty: in-memory store
+
+	// hold, when set, replaces the Latency delay in write handlers. Tests
+	// use it to keep a request in flight for as long as they need.
+	hold func()
+}
+
+// parseConfig reads the configuration from the command-line arguments
+// (without the program name) and the environment: flags win over
+// environment variables, which win over the defaults.
+func parseConfig(args []string, getenv func(string) string) (config, error) {
+	cfg := config{
+		Addr:        "127.0.0.1:8080",
+		TTL:         24 * time.Hour,
+		Lease:       time.Minute,
+		Idempotency: true,
+	}
+	if v := getenv("ADDR"); v != "" {
+		cfg.Addr = v
+	}
+	if v := getenv("REDIS_URL"); v != "" {
+		cfg.RedisURL = v
+	}
+	for _, d := range []struct {
+		env string
+		dst *time.Duration
+	}{
+		{"IDEMPOTENCY_TTL", &cfg.TTL},
+		{"IDEMPOTENCY_LEASE", &cfg.Lease},
+		{"LATENCY", &cfg.Latency},
+	} {
+		if v := getenv(d.env); v != "" {
+			parsed, err := time.ParseDuration(v)
+			if err != nil {
+				return config{}, fmt.Errorf("%s: %w", d.env, err)
+			}
+			*d.dst = parsed
+		}
+	}
+
+	// The environment's values are the flags' defaults, so a flag wins.
+	fs := flag.NewFlagSet("example", flag.ContinueOnError)
+	fs.StringVar(&cfg.Addr, "addr", cfg.Addr, "listen `address` (env ADDR)")
+	fs.DurationVar(&cfg.TTL, "ttl", cfg.TTL, "lifetime of an idempotency record (env IDEMPOTENCY_TTL)")
+	fs.DurationVar(&cfg.Lease, "lease", cfg.Lease, "in-flight lease of an idempotency key (env IDEMPOTENCY_LEASE)")
+	fs.DurationVar(&cfg.Latency, "latency", cfg.Latency, "delay inside every write handler, a slow backend (env LATENCY)")
+	fs.BoolVar(&cfg.Idempotency, "idempotency", cfg.Idempotency, "use the idempotency middleware on write routes")
+	fs.StringVar(&cfg.RedisURL, "redis", cfg.RedisURL, "Redis `URL` for the idempotency store, e.g. redis://127.0.0.1:6379/0 (env REDIS_URL); empty: in memory")
+	if err := fs.Parse(args); err != nil {
+		return config{}, err
+	}
+	switch {
+	case fs.NArg() > 0:
+		return config{}, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	case cfg.TTL <= 0:
+		return config{}, fmt.Errorf("ttl must be positive, got %v", cfg.TTL)
+	case cfg.Lease <= 0:
+		return config{}, fmt.Errorf("lease must be positive, got %v", cfg.Lease)
+	case cfg.Latency < 0:
+		return config{}, fmt.Errorf("latency must not be negative, got %v", cfg.Latency)
+	}
+	return cfg, nil
+}
+
+// storeName names the idempotency store for logs: "memory", or the Redis URL
+// with its password redacted.
+func (cfg config) storeName() string {
+	switch {
+	case !cfg.Idempotency:
+		return "none"
+	case cfg.RedisURL == "":
+		return "memory"
+	}
+	u, err := url.Parse(cfg.RedisURL)
+	if err != nil {
+		return "redis (unparsable URL)"
+	}
+	return u.Redacted()
+}
+
+// openStore returns the idempotency store that cfg names and a function
+// that releases it.
+func openStore(cfg config) (idempotency.Store, func() error, error) {
+	if cfg.RedisURL == "" {
+		return idempotency.NewMemoryStore(), func() error { return nil }, nil
+	}
+	return newRedisStore(cfg.RedisURL)
+}
+
+func main() {
+	cfg, err := parseConfig(os.Args[1:], os.Getenv)
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "example:", err)
+		os.Exit(2)
+	}
+	if os.Getenv(gin.EnvGinMode) == "" {
+		gin.SetMode(gin.ReleaseMode)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, cfg); err != nil {
+		slog.Error("example stopped", "err", err)
+		os.Exit(1)
+	}
+}
+
+// run opens the store, serves the API on cfg.Addr until ctx is done, and
+// then shuts down gracefully.
+func run(ctx context.Context, cfg config) error {
+	var store idempotency.Store
+	if cfg.Idempotency {
+		s, closeStore, err := openStore(cfg)
+		if err != nil {
+			return err
+		}
+		defer closeStore()
+		store = s
+	}
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return err
+	}
+	slog.Info("example listening", "addr", ln.Addr().String(), "store", cfg.storeName(),
+		"ttl", cfg.TTL, "lease", cfg.Lease, "latency", cfg.Latency)
+	// Handlers may sleep for the latency: give them that long, and more, to finish.
+	return serve(ctx, ln, newRouter(cfg, store), 10*time.Second+cfg.Latency)
+}
+
+// serve serves h on ln until ctx is done, then stops accepting connections
+// and waits up to grace for the requests in flight (http.Server.Shutdown).
+func serve(ctx context.Context, ln net.Listener, h http.Handler, grace time.Duration) error {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
+	}
+	slog.Info("example shutting down")
+	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), grace)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// newRouter builds the service's Gin engine. Each write route runs, in
+// order: authentication (401), the route's rights check (403), the
+// idempotency middleware on store (unless cfg.Idempotency is false), and the
+// handler. Authorization therefore wins over the key (SPEC 20), and keys are
+// scoped per authenticated user (SPEC 6).
+func newRouter(cfg config, store idempotency.Store) *gin.Engine {
+	r := gin.New()
+	r.HandleMethodNotAllowed = true
+	r.Use(gin.CustomRecovery(func(c *gin.Context, _ any) {
+		abortProblem(c, http.StatusInternalServerError, "internal", "the request failed unexpectedly")
+	}))
+	r.NoRoute(func(c *gin.Context) {
+		abortProblem(c, http.StatusNotFound, "not-found", "no such route")
+	})
+	r.NoMethod(func(c *gin.Context) {
+		abortProblem(c, http.StatusMethodNotAllowed, "method-not-allowed", "the route does not allow this method")
+	})
+
+	var idem gin.HandlerFunc // nil with -idempotency=false
+	if cfg.Idempotency {
+		idem = idempotency.New(
+			idempotency.WithStore(store),
+			idempotency.WithTTL(cfg.TTL),
+			idempotency.WithLease(cfg.Lease),
+			idempotency.WithScope(func(c *gin.Context) string { return c.GetString(userKey) }),
+		)
+	}
+	// write returns the handler chain of a write route.
+	write := func(need right, h gin.HandlerFunc) []gin.HandlerFunc {
+		if idem == nil {
+			return []gin.HandlerFunc{allow(need), h}
+		}
+		return []gin.HandlerFunc{allow(need), idem, h}
+	}
+
+	svc := newService(cfg)
+	api := r.Group("/api", authenticate)
+	api.GET("/requisitions", allow(rightRead), svc.list)
+	api.GET("/requisitions/:id", allow(rightRead), svc.get)
+	api.POST("/requisitions", write(rightInitiate, svc.create)...)
+	for _, t := range []transition{
+		{"submit", rightSubmit, []status{statusInitiated}, statusSubmitted},
+		{"authorize", rightAuthorize, []status{statusSubmitted}, statusAuthorized},
+		{"approve", rightApprove, []status{statusAuthorized}, statusApproved},
+		{"reject", rightReject, []status{statusSubmitted, statusAuthorized}, statusRejected},
+	} {
+		api.POST("/requisitions/:id/"+t.action, write(t.need, svc.transition(t))...)
+	}
+	return r
+}
+
+// userKey is the gin.Context key under which authenticate stores the user.
+const userKey = "user"
+
+// right is a set of things a user may do.
+type right uint8
+
+const (
+	rightRead right = 1 << iota
+	rightInitiate
+	rightSubmit
+	rightAuthorize
+	rightApprove
+	rightReject
+)
+
+// rightsOf returns the rights of a known user, and false for an unknown one.
+func rightsOf(user string) (right, bool) {
+	switch user {
+	case "alice", "bob":
+		return rightRead | rightInitiate | rightSubmit, true
+	case "carol":
+		return rightRead | rightAuthorize | rightApprove | rightReject, true
+	case "dave":
+		return rightRead, true
+	}
+	return 0, false
+}
+
+// authenticate reads "Authorization: Bearer <user>" and stores the user
+// under userKey; a missing header or an unknown user gets 401.
+func authenticate(c *gin.Context) {
+	scheme, user, _ := strings.Cut(c.GetHeader("Authorization"), " ")
+	user = strings.TrimSpace(user)
+	if _, known := rightsOf(user); !strings.EqualFold(scheme, "Bearer") || !known {
+		c.Header("WWW-Authenticate", `Bearer realm="ginidem-example"`)
+		abortProblem(c, http.StatusUnauthorized, "unauthorized", "send Authorization: Bearer <user> with a known user")
+		return
+	}
+	c.Set(userKey, user)
+}
+
+// allow lets the request through when the authenticated user has the right
+// need, and answers 403 otherwise.
+func allow(need right) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		if has, _ := rightsOf(c.GetString(userKey)); has&need == 0 {
+			abortProblem(c, http.StatusForbidden, "forbidden", "the user may not do this")
+		}
+	}
+}
+
+// problemBase prefixes the example's own problem types; the middleware's
+// problems have types of their own.
+const problemBase = "https://ginidem.dev/example/problems/"
+
+// abortProblem stops the handler chain and answers status with an
+// application/problem+json body (RFC 9457) of type problemBase+kind, written
+// like the middleware's own problems.
+func abortProblem(c *gin.Context, status int, kind, detail string) {
+	c.Abort()
+	idempotency.WriteProblem(c, idempotency.Problem{
+		Type:   problemBase + kind,
+		Title:  http.StatusText(status),
+		Status: status,
+		Detail: detail,
+	})
+}
