@@ -54,9 +54,9 @@ func benchEngine(mw gin.HandlerFunc) *gin.Engine {
 	return r
 }
 
-// serveBench sends b.N requests; key returns the key of request i ("" for
-// none).
-func serveBench(b *testing.B, r http.Handler, key func(i int) string) {
+// serveBench sends b.N requests; key returns the Idempotency-Key header
+// value of request i (nil for none), allocated before the timer starts.
+func serveBench(b *testing.B, r http.Handler, key func(i int) []string) {
 	b.Helper()
 	w := httptest.NewRecorder()
 	req := httptest.NewRequest(http.MethodPost, "/orders", nil)
@@ -70,8 +70,8 @@ func serveBench(b *testing.B, r http.Handler, key func(i int) string) {
 		body.Reset(orderBody)
 		req.Body = readCloser{body}
 		req.ContentLength = int64(len(orderBody))
-		if k := key(i); k != "" {
-			req.Header["Idempotency-Key"] = []string{k}
+		if k := key(i); k != nil {
+			req.Header["Idempotency-Key"] = k
 		}
 		w.Body.Reset()
 		w.Code = 0
@@ -87,16 +87,21 @@ type readCloser struct{ *bytes.Reader }
 
 func (readCloser) Close() error { return nil }
 
-func noKey(int) string { return "" }
+func noKey(int) []string { return nil }
 
-// newKeys returns a key function with a fresh UUID v4 per request,
-// generated before the timer starts.
-func newKeys(b *testing.B) func(int) string {
-	keys := make([]string, b.N)
+// sameKey returns a key function that sends one key every time.
+func sameKey() func(int) []string {
+	key := []string{uuid.NewString()}
+	return func(int) []string { return key }
+}
+
+// newKeys returns a key function with a fresh UUID v4 per request.
+func newKeys(b *testing.B) func(int) []string {
+	keys := make([][]string, b.N)
 	for i := range keys {
-		keys[i] = uuid.NewString()
+		keys[i] = []string{uuid.NewString()}
 	}
-	return func(i int) string { return keys[i] }
+	return func(i int) []string { return keys[i] }
 }
 
 func BenchmarkBareHandler(b *testing.B) {
@@ -113,15 +118,13 @@ func BenchmarkNewKeyMemory(b *testing.B) {
 }
 
 func BenchmarkReplayMemory(b *testing.B) {
-	r := benchEngine(idem.New())
-	key := uuid.NewString()
-	serveBench(b, r, func(int) string { return key })
+	serveBench(b, benchEngine(idem.New()), sameKey())
 }
 
 func BenchmarkInFlightConflictMemory(b *testing.B) {
 	store := idem.NewMemoryStore()
 	r := benchEngine(idem.New(idem.WithStore(store)))
-	key := uuid.NewString()
+	key := sameKey()
 	// Hold the key: a first request whose handler never finishes is modelled
 	// by acquiring the key in the store directly with the middleware's key.
 	blocked := gin.New()
@@ -135,12 +138,12 @@ func BenchmarkInFlightConflictMemory(b *testing.B) {
 		req := httptest.NewRequest(http.MethodPost, "/orders", bytes.NewReader(orderBody))
 		req.Header.Set("Authorization", "Bearer alice")
 		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Idempotency-Key", key)
+		req.Header["Idempotency-Key"] = key(0)
 		blocked.ServeHTTP(httptest.NewRecorder(), req)
 	}()
 	<-entered
 	defer close(gate)
-	serveBench(b, r, func(int) string { return key })
+	serveBench(b, r, key)
 }
 
 // Fingerprint policies over growing bodies, beside crypto/sha256 alone on
@@ -179,7 +182,7 @@ func BenchmarkFingerprint(b *testing.B) {
 					reader.Reset(body)
 					req.Body = readCloser{reader}
 					req.ContentLength = int64(len(body))
-					req.Header["Idempotency-Key"] = []string{keys(i)}
+					req.Header["Idempotency-Key"] = keys(i)
 					r.ServeHTTP(w, req)
 				}
 			})

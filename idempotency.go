@@ -54,6 +54,7 @@ func New(opts ...Option) gin.HandlerFunc {
 	}
 	m := &middleware{config: *cfg, hashers: sync.Pool{New: newHasher}}
 	_, m.inProcess = m.store.(*MemoryStore)
+	m.leases = newRenewer(m)
 	return m.handle
 }
 
@@ -76,6 +77,7 @@ func DefaultKeep(status int) bool {
 type middleware struct {
 	config
 	hashers sync.Pool // of *hasher
+	leases  *renewer
 	// inProcess is set for a store that answers from memory without I/O; its
 	// calls need no deadline timer.
 	inProcess bool
@@ -184,9 +186,8 @@ func (m *middleware) prepare(c *gin.Context, f *flight, key string) bool {
 	h.Reset()
 	h.Write(f.scope[:])
 	h.WriteString(key)
-	var sum [sha256.Size]byte
 	var hexSum [2 * sha256.Size]byte
-	hex.Encode(hexSum[:], h.Sum(sum[:0]))
+	hex.Encode(hexSum[:], h.Sum(h.scratch[:0]))
 	f.key = string(hexSum[:])
 	return true
 }
@@ -239,14 +240,13 @@ func readBody(r *http.Request, max int64) ([]byte, error) {
 
 // storeCtx bounds a store call by the store timeout. It is detached from
 // the request's cancellation, so a client that goes away never strands a
-// lease or loses a finished response. A store that answers from memory
-// cannot hang, so its calls skip the timer.
+// lease or loses a finished response. A MemoryStore never waits, so its
+// calls get a background context: no timer, no allocation.
 func (m *middleware) storeCtx(ctx context.Context) (context.Context, context.CancelFunc) {
-	ctx = context.WithoutCancel(ctx)
 	if m.inProcess {
-		return ctx, func() {}
+		return context.Background(), func() {}
 	}
-	return context.WithTimeout(ctx, m.storeTimeout)
+	return context.WithTimeout(context.WithoutCancel(ctx), m.storeTimeout)
 }
 
 // acquire takes the key, or returns the record that holds it. With
@@ -298,11 +298,11 @@ func (m *middleware) run(c *gin.Context, f *flight, token string) {
 	m.emit(c, f, EventAcquired, 0, nil)
 	f.rec.ResponseWriter, f.rec.replayable, f.rec.maxBody = c.Writer, m.replayHeaders, m.maxResponse
 	c.Writer = &f.rec
-	m.keepLease(c.Request.Context(), &f.lease, f.key, token)
+	m.leases.start(c.Request.Context(), &f.lease, f.key, token)
 	panicked := true
 	defer func() {
 		if panicked { // release now; the panic goes on to Gin's recovery
-			f.lease.stop()
+			m.leases.stop(&f.lease)
 			c.Writer = f.rec.ResponseWriter
 			m.release(c, f, token, http.StatusInternalServerError)
 		}
@@ -311,7 +311,7 @@ func (m *middleware) run(c *gin.Context, f *flight, token string) {
 	panicked = false
 	f.rec.finish()
 	c.Writer = f.rec.ResponseWriter
-	lost := f.lease.stop()
+	lost := m.leases.stop(&f.lease)
 	status := f.rec.Status()
 	switch {
 	case lost:
@@ -348,52 +348,6 @@ func (m *middleware) release(c *gin.Context, f *flight, token string, status int
 	default:
 		m.emit(c, f, EventReleased, status, nil)
 	}
-}
-
-// leaseKeeper renews a lease every third of it while the handler runs. It
-// costs nothing until the first renewal is due.
-type leaseKeeper struct {
-	mu      sync.Mutex
-	timer   *time.Timer
-	stopped bool
-	lost    bool
-}
-
-// keepLease starts renewing the lease of key held by token into k. ctx is
-// read now, because the handler may replace c.Request.
-func (m *middleware) keepLease(ctx context.Context, k *leaseKeeper, key, token string) {
-	every := m.lease / 3
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	k.timer = time.AfterFunc(every, func() {
-		k.mu.Lock()
-		defer k.mu.Unlock()
-		if k.stopped || k.lost {
-			return
-		}
-		callCtx, cancel := m.storeCtx(ctx)
-		err := m.store.Extend(callCtx, key, token, m.lease)
-		cancel()
-		if errors.Is(err, ErrNotOwner) {
-			k.lost = true
-			return
-		}
-		if err != nil {
-			m.logger.LogAttrs(ctx, slog.LevelWarn, "idempotency: lease renewal failed",
-				slog.String("key", key), slog.Any("error", err))
-		}
-		k.timer.Reset(every)
-	})
-}
-
-// stop ends the renewals, waiting for one under way, and reports whether
-// the lease was lost.
-func (k *leaseKeeper) stop() (lost bool) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	k.stopped = true
-	k.timer.Stop()
-	return k.lost
 }
 
 func (m *middleware) mismatch(c *gin.Context, f *flight, held *Record) {

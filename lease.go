@@ -1,0 +1,120 @@
+package idempotency
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// renewer keeps the leases of one middleware's requests in flight. One
+// timer serves all of them and is armed only while a request runs, so a
+// request costs no timer of its own, and no store call unless it outlives
+// a third of its lease. There is no goroutine to stop: the timer's function
+// runs only when it fires, and each renewal runs in a goroutine of its own
+// for the length of one store call.
+type renewer struct {
+	m       *middleware
+	every   time.Duration // a flight is renewed once its lease is this old
+	mu      sync.Mutex
+	flights map[*leaseKeeper]struct{}
+	timer   *time.Timer
+}
+
+// leaseKeeper is the lease of one request in flight.
+type leaseKeeper struct {
+	mu      sync.Mutex // held while renewing, so that stop waits for it
+	ctx     context.Context
+	key     string
+	token   string
+	renewed atomic.Int64 // UnixNano of the acquisition or last renewal
+	stopped bool
+	lost    bool
+}
+
+func newRenewer(m *middleware) *renewer {
+	return &renewer{m: m, every: m.lease / 3, flights: make(map[*leaseKeeper]struct{})}
+}
+
+// start keeps k's lease until stop.
+func (r *renewer) start(ctx context.Context, k *leaseKeeper, key, token string) {
+	k.ctx, k.key, k.token = ctx, key, token
+	k.renewed.Store(time.Now().UnixNano())
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.flights[k] = struct{}{}
+	if len(r.flights) > 1 {
+		return // the timer is armed
+	}
+	// Tick twice per period, so that each lease is renewed between a third
+	// and a half of it after the last renewal.
+	if r.timer == nil {
+		r.timer = time.AfterFunc(r.every/2, r.tick)
+	} else {
+		r.timer.Reset(r.every / 2)
+	}
+}
+
+// stop ends k's renewals, waiting for one under way, and reports whether
+// its lease was lost.
+func (r *renewer) stop(k *leaseKeeper) (lost bool) {
+	k.mu.Lock()
+	k.stopped = true
+	lost = k.lost
+	k.mu.Unlock()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.flights, k)
+	if len(r.flights) == 0 {
+		r.timer.Stop()
+	}
+	return lost
+}
+
+// tick renews every lease that is due and re-arms the timer while requests
+// are in flight.
+func (r *renewer) tick() {
+	now := time.Now()
+	r.mu.Lock()
+	var due []*leaseKeeper
+	for k := range r.flights {
+		if k.due(now, r.every) {
+			due = append(due, k)
+		}
+	}
+	if len(r.flights) > 0 {
+		r.timer.Reset(r.every / 2)
+	}
+	r.mu.Unlock()
+	for _, k := range due {
+		go r.renew(k)
+	}
+}
+
+// due reports whether k's lease is at least every old.
+func (k *leaseKeeper) due(now time.Time, every time.Duration) bool {
+	return now.UnixNano()-k.renewed.Load() >= int64(every)
+}
+
+// renew extends k's lease by one store call, unless k stopped meanwhile.
+func (r *renewer) renew(k *leaseKeeper) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	start := time.Now()
+	if k.stopped || k.lost || !k.due(start, r.every) { // stopped, or renewed by an earlier tick
+		return
+	}
+	ctx, cancel := r.m.storeCtx(k.ctx)
+	defer cancel()
+	switch err := r.m.store.Extend(ctx, k.key, k.token, r.m.lease); {
+	case errors.Is(err, ErrNotOwner):
+		k.lost = true
+	case err != nil:
+		r.m.logger.LogAttrs(k.ctx, slog.LevelWarn, "idempotency: lease renewal failed",
+			slog.String("key", k.key), slog.Any("error", err))
+	default:
+		k.renewed.Store(start.UnixNano())
+	}
+}
