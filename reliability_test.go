@@ -1,0 +1,240 @@
+package idempotency_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	idem "github.com/ginidem/idempotency"
+)
+
+// TestReliability runs the fault cases against every store.
+func TestReliability(t *testing.T) {
+	forEachStore(t, func(t *testing.T, h storeHarness) {
+		for _, b := range faults {
+			t.Run(b.name, func(t *testing.T) { b.run(t, h) })
+		}
+	})
+}
+
+var faults = []behaviour{
+	{"spec10/1000 requests over 50 keys: each handler runs once", func(t *testing.T, h storeHarness) {
+		store, _ := h.new(t)
+		var mu sync.Mutex
+		runs := map[string]int{}
+		r := gin.New()
+		r.POST("/pay", idem.New(idem.WithStore(store)), func(c *gin.Context) {
+			key := c.GetHeader("Idempotency-Key")
+			mu.Lock()
+			runs[key]++
+			n := runs[key]
+			mu.Unlock()
+			c.JSON(http.StatusCreated, gin.H{"key": key, "run": n, "pad": strings.Repeat("p", 100)})
+		})
+		srv := httptest.NewServer(r)
+		defer srv.Close()
+		keys := make([]string, 50)
+		for i := range keys {
+			keys[i] = uuid.NewString()
+		}
+		type answer struct {
+			key    string
+			status int
+			replay bool
+			body   string
+		}
+		answers := make(chan answer, 1000)
+		var wg sync.WaitGroup
+		for w := range 20 {
+			wg.Go(func() {
+				for i := range 50 {
+					key := keys[(w*7+i)%50]
+					hr, _ := http.NewRequest("POST", srv.URL+"/pay", strings.NewReader(`{"amount":1}`))
+					hr.Header.Set("Idempotency-Key", key)
+					res, err := srv.Client().Do(hr)
+					if !assert.NoError(t, err) {
+						return
+					}
+					body, _ := io.ReadAll(res.Body)
+					res.Body.Close()
+					answers <- answer{key, res.StatusCode, res.Header.Get("Idempotent-Replayed") == "true", string(body)}
+				}
+			})
+		}
+		wg.Wait()
+		close(answers)
+		originals := map[string]string{}
+		var all []answer
+		for a := range answers {
+			all = append(all, a)
+			if a.status == http.StatusCreated && !a.replay {
+				assert.NotContains(t, originals, a.key, "two originals for one key")
+				originals[a.key] = a.body
+			}
+		}
+		require.Len(t, all, 1000)
+		for _, a := range all {
+			switch {
+			case a.status == http.StatusCreated && a.replay:
+				assert.Equal(t, originals[a.key], a.body, "a replay is byte-identical to the original")
+			case a.status == http.StatusCreated, a.status == http.StatusConflict:
+			default:
+				t.Errorf("unexpected %d: %s", a.status, a.body)
+			}
+		}
+		for _, k := range keys {
+			assert.Equal(t, 1, runs[k], "key %s", k)
+		}
+	}},
+	{"spec23/a handler that outlived its lease stores nothing", func(t *testing.T, h storeHarness) {
+		ev := newEvents()
+		a := newApp(t, h, idem.WithEventHook(ev.hook))
+		first := a.async(post("/slow", key1, "x"))
+		a.waitEntered(1)
+		a.advance(2 * time.Minute) // the lease (1 min) ends before a renewal is due
+		a.open()
+		assert.Equal(t, http.StatusCreated, recv(t, first).status, "the client still gets its answer")
+		ev.waitFor(t, idem.EventLostLease)
+		again := a.do(post("/slow", key1, "x"))
+		assert.False(t, again.replayed(), "nothing was stored over a lost lease")
+		assert.Equal(t, int32(2), a.calls.Load())
+	}},
+	{"spec12/headers written, then a panic: released, never replayed as complete", func(t *testing.T, h storeHarness) {
+		store, _ := h.new(t)
+		var calls atomic.Int32
+		r := gin.New()
+		r.Use(gin.CustomRecoveryWithWriter(io.Discard, func(c *gin.Context, _ any) { c.AbortWithStatus(500) }))
+		r.POST("/half", idem.New(idem.WithStore(store)), func(c *gin.Context) {
+			if calls.Add(1) == 1 {
+				c.Status(http.StatusCreated)
+				c.Writer.WriteString(`{"partial":`)
+				c.Writer.Flush()
+				panic("half way")
+			}
+			c.String(http.StatusCreated, "whole")
+		})
+		srv := httptest.NewServer(r)
+		defer srv.Close()
+		send := func() (int, string, bool) {
+			hr, _ := http.NewRequest("POST", srv.URL+"/half", strings.NewReader("x"))
+			hr.Header.Set("Idempotency-Key", key1)
+			res, err := srv.Client().Do(hr)
+			if err != nil {
+				return 0, "", false // the connection may be cut mid-body
+			}
+			defer res.Body.Close()
+			body, _ := io.ReadAll(res.Body)
+			return res.StatusCode, string(body), res.Header.Get("Idempotent-Replayed") == "true"
+		}
+		send()
+		status, body, replayed := send()
+		assert.Equal(t, http.StatusCreated, status)
+		assert.Equal(t, "whole", body, "the retry ran the handler again")
+		assert.False(t, replayed)
+		_, body, replayed = send()
+		assert.True(t, replayed)
+		assert.Equal(t, "whole", body)
+		assert.Equal(t, int32(2), calls.Load())
+	}},
+	{"spec27/a slow body that times out holds no key", func(t *testing.T, h storeHarness) {
+		store, _ := h.new(t)
+		var calls atomic.Int32
+		r := gin.New()
+		r.POST("/x", idem.New(idem.WithStore(store)), func(c *gin.Context) {
+			calls.Add(1)
+			c.String(http.StatusCreated, "ok")
+		})
+		srv := httptest.NewUnstartedServer(r)
+		srv.Config.ReadTimeout = 300 * time.Millisecond
+		srv.Start()
+		defer srv.Close()
+		body, stall := io.Pipe()
+		defer stall.Close()
+		go stall.Write([]byte("never finished"))
+		hr, _ := http.NewRequest("POST", srv.URL+"/x", body)
+		hr.ContentLength = 100
+		hr.Header.Set("Idempotency-Key", key1)
+		if res, err := srv.Client().Do(hr); err == nil {
+			assert.Equal(t, http.StatusBadRequest, res.StatusCode)
+			res.Body.Close()
+		}
+		hr, _ = http.NewRequest("POST", srv.URL+"/x", strings.NewReader("x"))
+		hr.Header.Set("Idempotency-Key", key1)
+		res, err := srv.Client().Do(hr)
+		require.NoError(t, err)
+		res.Body.Close()
+		assert.Equal(t, http.StatusCreated, res.StatusCode, "the key was never taken")
+		assert.Equal(t, int32(1), calls.Load())
+	}},
+	{"spec6/one caller never receives another's response", func(t *testing.T, h storeHarness) {
+		a := newApp(t, h)
+		for i := range 20 {
+			key := uuid.NewString()
+			alice := post("/things", key, "same body")
+			alice.auth = "Bearer alice"
+			bob := alice
+			bob.auth = fmt.Sprintf("Bearer bob-%d", i)
+			ra := a.do(alice)
+			rb := a.do(bob)
+			assert.NotEqual(t, ra.body, rb.body)
+			assert.False(t, rb.replayed())
+		}
+	}},
+}
+
+// TestSpec24_FloodOfUniqueKeysStaysBounded measures the heap while 100,000
+// unique keys with 4 KiB responses go through a memory store bounded to
+// 4 MiB: unbounded, that would be 400 MiB.
+func TestSpec24_FloodOfUniqueKeysStaysBounded(t *testing.T) {
+	const bound = 4 << 20
+	store := idem.NewMemoryStore(idem.WithMaxBytes(bound))
+	ctx := context.Background()
+	body := make([]byte, 4096)
+	heap := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	before := heap()
+	for i := range 100_000 {
+		key := fmt.Sprintf("%064d", i)
+		token, _, err := store.Acquire(ctx, key, testClaim, time.Minute)
+		require.NoError(t, err)
+		rec := &idem.Record{State: idem.Completed, Status: 201, Body: append([]byte(nil), body...)}
+		require.NoError(t, store.Complete(ctx, key, token, rec, time.Hour))
+	}
+	grown := int64(heap()) - int64(before)
+	assert.LessOrEqual(t, store.Bytes(), int64(bound))
+	assert.Less(t, grown, int64(3*bound), "heap grew by %d bytes", grown)
+	t.Logf("heap growth after 100,000 keys: %d KiB, store holds %d records in %d KiB", grown>>10, store.Len(), store.Bytes()>>10)
+}
+
+// TestSpec10_NoGoroutineOutlivesItsRequest: leases, renewals and the memory
+// store leave no goroutine behind once the server is idle.
+func TestSpec10_NoGoroutineOutlivesItsRequest(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	a := newApp(t, memoryHarness(), idem.WithLease(30*time.Millisecond))
+	first := a.async(post("/slow", key1, "x"))
+	a.waitEntered(1)
+	a.do(post("/things", key2, "x"))
+	a.do(post("/things", key2, "x"))
+	a.open()
+	recv(t, first)
+	a.srv.Close()
+	a.srv.Client().CloseIdleConnections()
+}
