@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Load test of the example service, with and without the middleware.
+#
+# Needs: go, wrk (Debian: apt-get install wrk) and, for the Redis rounds,
+# redis-server (apt-get install redis-server) or REDIS_URL pointing at a
+# Redis you own (it writes keys under the "idem:" prefix). Installs nothing.
+#
+#   bench/load.sh                      # 3 rounds of 3 s per run
+#   DURATION=5s ROUNDS=3 bench/load.sh
+#
+# For each store (memory, redis) and scenario (no key, new keys, replays, a
+# mix with 10% duplicates) it runs wrk (1 thread, 16 connections) against
+# the example with the middleware and with -idempotency=false, alternating
+# the two in each round, and prints the median requests/s and latency of
+# the rounds, and the ratio on/off.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-3s}
+ROUNDS=${ROUNDS:-3}
+CONNS=${CONNS:-16}
+export BENCH_DIR=$PWD/bench
+
+command -v wrk >/dev/null || { echo "load.sh needs wrk (apt-get install wrk)" >&2; exit 1; }
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+go build -o "$work/example" ./example
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing on port $1" >&2; return 1; }
+
+stores=(memory)
+redis_url=${REDIS_URL:-}
+if [ -z "$redis_url" ] && command -v redis-server >/dev/null; then
+  rport=$(free_port)
+  redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --daemonize no >/dev/null &
+  pids+=($!)
+  wait_port "$rport"
+  redis_url="redis://127.0.0.1:$rport/0"
+fi
+[ -n "$redis_url" ] && stores+=(redis) || echo "no redis-server and no REDIS_URL: memory store only" >&2
+
+# start_example STORE ON: starts the example; sets url and example_pid.
+start_example() {
+  local port args=()
+  port=$(free_port)
+  args=(-addr "127.0.0.1:$port" -idempotency="$2")
+  [ "$1" = redis ] && args+=(-redis "$redis_url")
+  GIN_MODE=release "$work/example" "${args[@]}" >"$work/example.log" 2>&1 &
+  example_pid=$!
+  pids+=("$example_pid")
+  wait_port "$port"
+  url="http://127.0.0.1:$port"
+}
+
+# run SCRIPT: prints "rps p50 p99" of one wrk run against $url.
+run() {
+  local key out
+  key=$(python3 -c 'import uuid; print(uuid.uuid4())')
+  curl -s -o /dev/null -X POST "$url/api/requisitions" -H 'Authorization: Bearer alice' \
+    -H 'Content-Type: application/json' -H "Idempotency-Key: $key" \
+    -d '{"program":"Family Planning","facility":"Comfort Health Clinic"}'
+  out=$(BENCH_KEY=$key wrk -t1 -c"$CONNS" -d"$DURATION" --latency -s "bench/$1.lua" "$url")
+  echo "$out" | awk '
+    /Requests\/sec/ {rps=$2}
+    /^ +50%/ {p50=$2}
+    /^ +99%/ {p99=$2}
+    END {print rps, p50, p99}'
+}
+
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+echo "machine: $(nproc) cores, $(uname -m), $(go version | cut -d' ' -f3); wrk -t1 -c$CONNS -d$DURATION, median of $ROUNDS rounds"
+printf '%-7s %-8s %12s %9s %9s %12s %9s %7s\n' store scenario "on req/s" "on p50" "on p99" "off req/s" "off p50" ratio
+for store in "${stores[@]}"; do
+  for scenario in nokey newkey replay mix; do
+    : >"$work/on"; : >"$work/off"
+    for _ in $(seq 1 "$ROUNDS"); do
+      for on in true false; do
+        start_example "$store" "$on"
+        run "$scenario" >>"$work/$([ "$on" = true ] && echo on || echo off)"
+        kill "$example_pid"; wait "$example_pid" 2>/dev/null || true
+      done
+    done
+    on_rps=$(cut -d' ' -f1 "$work/on" | median); off_rps=$(cut -d' ' -f1 "$work/off" | median)
+    on_p50=$(cut -d' ' -f2 "$work/on" | sort -V | sed -n "$(( (ROUNDS+1)/2 ))p"); on_p99=$(cut -d' ' -f3 "$work/on" | sort -V | sed -n "$(( (ROUNDS+1)/2 ))p")
+    off_p50=$(cut -d' ' -f2 "$work/off" | sort -V | sed -n "$(( (ROUNDS+1)/2 ))p")
+    printf '%-7s %-8s %12.0f %9s %9s %12.0f %9s %6.2fx\n' "$store" "$scenario" "$on_rps" "$on_p50" "$on_p99" "$off_rps" "$off_p50" \
+      "$(python3 -c "print($on_rps/$off_rps)")"
+  done
+done
