@@ -1,0 +1,294 @@
+package idempotency
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// RedisStore is a [Store] on Redis: a single node, Sentinel (a failover
+// client) or Cluster. Every replica of a service that uses one RedisStore
+// configuration on one Redis shares the same records, so a retry may land
+// on any replica.
+//
+// Each record is one Redis string under <prefix>{<key>}: the key is a hash
+// tag, so a record never spans Cluster slots. Leases and record lifetimes
+// are Redis' own expiry (PX), so a process that dies holds a key for at most
+// one lease. Each Store method is one Lua script, run with EVALSHA (EVAL
+// when the server's script cache lacks it): a first request costs two round
+// trips (Acquire, Complete), a replay or a conflict one.
+//
+// A RedisStore holds no state besides its configuration and is safe for
+// concurrent use; it does not own the client and never closes it.
+type RedisStore struct {
+	client  redis.UniversalClient
+	prefix  string
+	maxSize int
+}
+
+// DefaultRedisMaxRecordSize is the default largest record a [RedisStore]
+// writes or reads: room for the middleware's default 1 MiB body cap plus
+// 64 KiB of fingerprint, route and headers.
+const DefaultRedisMaxRecordSize = 1<<20 + 64<<10
+
+// RedisStoreOption configures a [RedisStore].
+type RedisStoreOption func(*RedisStore)
+
+// WithRedisKeyPrefix sets the prefix of every key a [RedisStore] writes
+// (default "idem:"). Give each service its own prefix when services share a
+// Redis. The prefix must not contain '{' or '}': Redis Cluster would hash
+// the prefix's braces instead of the record's key, and put every record in
+// one slot.
+//
+//	store := idempotency.NewRedisStore(rdb, idempotency.WithRedisKeyPrefix("orders:idem:"))
+func WithRedisKeyPrefix(prefix string) RedisStoreOption {
+	return func(s *RedisStore) { s.prefix = prefix }
+}
+
+// WithRedisMaxRecordSize bounds the encoded size of a record, in bytes
+// (default [DefaultRedisMaxRecordSize]). Acquire refuses to decode a larger
+// value under a record's key ([ErrCorruptRecord]) without reading it out of
+// Redis. Complete stores a completed record that would be larger without
+// its body, as if the body had been over the middleware's cap: duplicates
+// get 409 with the stored Location instead of a replay. Keep it above the
+// middleware's body cap. Values below 1 are ignored.
+func WithRedisMaxRecordSize(n int) RedisStoreOption {
+	return func(s *RedisStore) {
+		if n > 0 {
+			s.maxSize = n
+		}
+	}
+}
+
+// NewRedisStore returns a [RedisStore] on client: a *redis.Client,
+// *redis.ClusterClient, failover client or any other
+// [redis.UniversalClient]. It panics when client is nil.
+//
+// Create the client with ContextTimeoutEnabled: true (in redis.Options,
+// redis.ClusterOptions, redis.FailoverOptions or redis.UniversalOptions).
+// The middleware gives every store call a deadline (1 s by default), and
+// go-redis applies a context's deadline to socket reads and writes only when
+// that option is set. Without it, go-redis still stops dialing, pool waits
+// and retries at the deadline, but waits for a reply from a slow or paused
+// server for ReadTimeout (5 s by default in go-redis v9.23) regardless of
+// the context. redis.ParseURL does not set it for redis:// URLs: set it on
+// the parsed options. Keep ReadTimeout and WriteTimeout set as a backstop.
+// A server that is down is redialed and the command retried (MaxRetries,
+// DialerRetries) until the deadline, so such a call fails at its deadline;
+// lower them to fail sooner.
+//
+//	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379", ContextTimeoutEnabled: true})
+//	defer rdb.Close()
+//	r.Use(idempotency.New(idempotency.WithStore(idempotency.NewRedisStore(rdb))))
+func NewRedisStore(client redis.UniversalClient, opts ...RedisStoreOption) *RedisStore {
+	if client == nil {
+		panic("idempotency: NewRedisStore with a nil client")
+	}
+	s := &RedisStore{client: client, prefix: "idem:", maxSize: DefaultRedisMaxRecordSize}
+	for _, opt := range opts {
+		opt(s)
+	}
+	return s
+}
+
+// redisKey is the Redis key of a record: the record's key is the hash tag,
+// so each record maps to one Cluster slot of its own.
+func (s *RedisStore) redisKey(key string) string {
+	return s.prefix + "{" + key + "}"
+}
+
+// acquireScript takes a free key or reads the record that holds it.
+// KEYS[1] is the record key; ARGV[1] the new in-flight record, ARGV[2] the
+// lease in ms, ARGV[3] the largest record the caller decodes.
+// Replies: {0} acquired; {1, record, pttl} held; {2, size} held by a value
+// too large to read; {3} held by a value that is not a string.
+// SET NX works whatever the type under the key; STRLEN goes through pcall
+// because it raises WRONGTYPE on a hash or list.
+var acquireScript = redis.NewScript(`
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {0}
+end
+local n = redis.pcall('STRLEN', KEYS[1])
+if type(n) ~= 'number' then
+  return {3}
+end
+if n > tonumber(ARGV[3]) then
+  return {2, n}
+end
+return {1, redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
+`)
+
+// Acquire implements [Store]: one round trip. A value under the key that is
+// not a readable record is an error wrapping [ErrCorruptRecord]; Acquire
+// leaves it in place.
+func (s *RedisStore) Acquire(ctx context.Context, key string, claim *Record, lease time.Duration) (string, *Record, error) {
+	if err := ctx.Err(); err != nil {
+		return "", nil, err
+	}
+	var inFlight Record
+	if claim != nil {
+		inFlight = Record{Fingerprint: claim.Fingerprint, Method: claim.Method, Path: claim.Path}
+	}
+	token := newRedisToken()
+	value := encodeRecord(InFlight, token, &inFlight)
+	if len(value) > s.maxSize {
+		return "", nil, fmt.Errorf("idempotency: redis acquire: claim of %d bytes exceeds the maximum record size %d", len(value), s.maxSize)
+	}
+	reply, err := acquireScript.Run(ctx, s.client, []string{s.redisKey(key)}, value, millis(lease), s.maxSize).Slice()
+	if err != nil {
+		return "", nil, fmt.Errorf("idempotency: redis acquire: %w", err)
+	}
+	code, _ := replyInt(reply, 0)
+	switch {
+	case code == 0 && len(reply) == 1:
+		return token.String(), nil, nil
+	case code == 1 && len(reply) == 3:
+		raw, ok := reply[1].(string)
+		pttl, ok2 := replyInt(reply, 2)
+		if !ok || !ok2 {
+			break
+		}
+		if pttl < 0 {
+			return "", nil, fmt.Errorf("%w: the key has no expiry", ErrCorruptRecord)
+		}
+		held, err := decodeRecord(raw, s.maxSize)
+		if err != nil {
+			return "", nil, err
+		}
+		held.ExpiresAt = time.Now().Add(time.Duration(pttl) * time.Millisecond)
+		return "", held, nil
+	case code == 2:
+		size, _ := replyInt(reply, 1)
+		return "", nil, fmt.Errorf("%w: %d bytes, more than the maximum record size %d", ErrCorruptRecord, size, s.maxSize)
+	case code == 3:
+		return "", nil, fmt.Errorf("%w: the key holds a value that is not a string", ErrCorruptRecord)
+	}
+	return "", nil, fmt.Errorf("idempotency: redis acquire: unexpected reply %.100v", reply)
+}
+
+// completeScript replaces the in-flight record owned by a token.
+// KEYS[1] is the record key; ARGV[1] the owner's record head (version,
+// InFlight, token), ARGV[2] the completed record, ARGV[3] its ttl in ms.
+// Replies 1 when stored, 0 when the token does not own an in-flight record
+// (pcall: a key of another type is simply not owned).
+var completeScript = redis.NewScript(`
+if redis.pcall('GETRANGE', KEYS[1], 0, #ARGV[1] - 1) ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+`)
+
+// Complete implements [Store]: one round trip. A record that would exceed
+// the maximum record size is stored without its body (see
+// [WithRedisMaxRecordSize]).
+func (s *RedisStore) Complete(ctx context.Context, key, token string, rec *Record, ttl time.Duration) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	owner, ok := parseRedisToken(token)
+	if !ok {
+		return ErrNotOwner
+	}
+	value := encodeRecord(Completed, owner, rec)
+	if len(value) > s.maxSize && !rec.BodyOmitted {
+		bodiless := *rec
+		bodiless.Body, bodiless.BodyOmitted = nil, true
+		value = encodeRecord(Completed, owner, &bodiless)
+	}
+	if len(value) > s.maxSize {
+		return fmt.Errorf("idempotency: redis complete: record of %d bytes without body exceeds the maximum record size %d", len(value), s.maxSize)
+	}
+	n, err := completeScript.Run(ctx, s.client, []string{s.redisKey(key)}, ownerHead(owner), value, millis(ttl)).Int64()
+	if err != nil {
+		return fmt.Errorf("idempotency: redis complete: %w", err)
+	}
+	if n != 1 {
+		return ErrNotOwner
+	}
+	return nil
+}
+
+// releaseScript deletes the in-flight record owned by a token.
+// KEYS[1] is the record key; ARGV[1] the owner's record head.
+// Replies 1 when deleted, 0 when the token does not own an in-flight record.
+var releaseScript = redis.NewScript(`
+if redis.pcall('GETRANGE', KEYS[1], 0, #ARGV[1] - 1) ~= ARGV[1] then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+return 1
+`)
+
+// Release implements [Store]: one round trip.
+func (s *RedisStore) Release(ctx context.Context, key, token string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	owner, ok := parseRedisToken(token)
+	if !ok {
+		return ErrNotOwner
+	}
+	n, err := releaseScript.Run(ctx, s.client, []string{s.redisKey(key)}, ownerHead(owner)).Int64()
+	if err != nil {
+		return fmt.Errorf("idempotency: redis release: %w", err)
+	}
+	if n != 1 {
+		return ErrNotOwner
+	}
+	return nil
+}
+
+// extendScript renews the lease of the in-flight record owned by a token.
+// KEYS[1] is the record key; ARGV[1] the owner's record head, ARGV[2] the
+// new lease in ms. Replies 1 when renewed, 0 when the token does not own an
+// in-flight record.
+var extendScript = redis.NewScript(`
+if redis.pcall('GETRANGE', KEYS[1], 0, #ARGV[1] - 1) ~= ARGV[1] then
+  return 0
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+`)
+
+// Extend implements [Store]: one round trip.
+func (s *RedisStore) Extend(ctx context.Context, key, token string, lease time.Duration) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	owner, ok := parseRedisToken(token)
+	if !ok {
+		return ErrNotOwner
+	}
+	n, err := extendScript.Run(ctx, s.client, []string{s.redisKey(key)}, ownerHead(owner), millis(lease)).Int64()
+	if err != nil {
+		return fmt.Errorf("idempotency: redis extend: %w", err)
+	}
+	if n != 1 {
+		return ErrNotOwner
+	}
+	return nil
+}
+
+// millis converts d to whole milliseconds for PX and PEXPIRE, rounding up
+// and at least 1: Redis refuses an expiry of 0.
+func millis(d time.Duration) int64 {
+	ms := d.Milliseconds()
+	if d%time.Millisecond > 0 {
+		ms++
+	}
+	return max(ms, 1)
+}
+
+// replyInt reads the integer at index i of a script's array reply.
+func replyInt(reply []any, i int) (int64, bool) {
+	if i >= len(reply) {
+		return 0, false
+	}
+	n, ok := reply[i].(int64)
+	return n, ok
+}
+
+var _ Store = (*RedisStore)(nil)
