@@ -265,13 +265,14 @@ func (s *countingStore) Extend(ctx context.Context, key, token string, lease tim
 	s.mu.Lock()
 	s.exts++
 	s.mu.Unlock()
-	if s.onExtend != nil {
-		s.onExtend()
-	}
 	if s.fail.Load() {
 		return errStoreDown
 	}
-	return s.Store.Extend(ctx, key, token, lease)
+	err := s.Store.Extend(ctx, key, token, lease)
+	if s.onExtend != nil {
+		s.onExtend() // after the store call, so the test sees the renewed lease
+	}
+	return err
 }
 
 func (s *countingStore) counts() (acquires, completes, releases, extends int) {

@@ -333,7 +333,7 @@ var behaviours = []behaviour{
 	}},
 	{"spec10/a handler slower than its lease keeps the key", func(t *testing.T, h storeHarness) {
 		var cs *countingStore
-		const lease = time.Second
+		const lease = 1200 * time.Millisecond
 		a := newApp(t, counted(h, &cs), idem.WithLease(lease))
 		extended := make(chan struct{}, 100)
 		cs.onExtend = func() {
@@ -344,15 +344,17 @@ var behaviours = []behaviour{
 		}
 		first := a.async(post("/slow", key1, "x"))
 		a.waitEntered(1)
-		// Four renewals, each followed by a third of a lease on the store's
-		// clock: well past the first lease, so only the renewals hold the key.
-		for range 4 {
+		// Five renewals, each followed by a quarter of a lease on the store's
+		// clock: past the first lease, so only the renewals hold the key. (On
+		// Redis real time passes too; the quarter leaves a margin of a quarter
+		// lease before a late renewal.)
+		for range 5 {
 			select {
 			case <-extended:
 			case <-time.After(10 * time.Second):
 				t.Fatal("the lease was not renewed")
 			}
-			a.advance(lease / 3)
+			a.advance(lease / 4)
 		}
 		dup := a.doBounded(post("/slow", key1, "x"))
 		assert.Equal(t, http.StatusConflict, dup.status)
