@@ -303,3 +303,39 @@ func recordSize(key string, r *Record) int64 {
 	}
 	return int64(n)
 }
+
+// peek returns a copy of the live completed record for key, or nil; it
+// changes nothing but the record's recency. It serves the Redis store's
+// local cache.
+func (s *MemoryStore) peek(key string) *Record {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := s.live(key, s.now())
+	if e == nil || e.rec.State != Completed {
+		return nil
+	}
+	s.unlink(e)
+	s.pushFront(e)
+	held := e.rec
+	return &held
+}
+
+// keep stores a copy of the completed record rec for key until
+// rec.ExpiresAt, within the store's bounds. It serves the Redis store's
+// local cache.
+func (s *MemoryStore) keep(key string, rec *Record) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	if old := s.records[key]; old != nil {
+		s.remove(old)
+	}
+	if rec.State != Completed || !now.Before(rec.ExpiresAt) {
+		return
+	}
+	e := &memoryEntry{key: key, rec: *rec}
+	e.size = recordSize(key, &e.rec)
+	if s.makeRoom(e.size, now) {
+		s.put(e)
+	}
+}

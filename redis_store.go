@@ -26,6 +26,11 @@ type RedisStore struct {
 	client  redis.UniversalClient
 	prefix  string
 	maxSize int
+	now     func() time.Time
+	cache   *MemoryStore // completed records seen here; nil when off
+	// cache bounds, read when the store is built
+	cacheEntries int
+	cacheBytes   int64
 }
 
 // DefaultRedisMaxRecordSize is the default largest record a [RedisStore]
@@ -62,6 +67,29 @@ func WithRedisMaxRecordSize(n int) RedisStoreOption {
 	}
 }
 
+// WithRedisLocalCache bounds the in-process cache of completed records in
+// front of Redis (default 10,000 records and 32 MiB; 0 and 0 turn it off).
+// A completed record never changes until it expires, so a replay, a
+// mismatch or a 409 for a record this process has seen is answered from the
+// cache, without a round trip; each cached record expires no later than its
+// Redis copy. A new key and an in-flight check always go to Redis, so
+// correctness across processes is unchanged. The cache is a [MemoryStore]:
+// least recently used records go first.
+func WithRedisLocalCache(maxEntries int, maxBytes int64) RedisStoreOption {
+	return func(s *RedisStore) { s.cacheEntries, s.cacheBytes = maxEntries, maxBytes }
+}
+
+// WithRedisClock replaces the clock of a [RedisStore]'s local cache, for
+// tests that move time forward on Redis. Redis keeps its own time for every
+// expiry it enforces.
+func WithRedisClock(now func() time.Time) RedisStoreOption {
+	return func(s *RedisStore) {
+		if now != nil {
+			s.now = now
+		}
+	}
+}
+
 // NewRedisStore returns a [RedisStore] on client: a *redis.Client,
 // *redis.ClusterClient, failover client or any other
 // [redis.UniversalClient]. It panics when client is nil.
@@ -86,9 +114,13 @@ func NewRedisStore(client redis.UniversalClient, opts ...RedisStoreOption) *Redi
 	if client == nil {
 		panic("idempotency: NewRedisStore with a nil client")
 	}
-	s := &RedisStore{client: client, prefix: "idem:", maxSize: DefaultRedisMaxRecordSize}
+	s := &RedisStore{client: client, prefix: "idem:", maxSize: DefaultRedisMaxRecordSize, now: time.Now,
+		cacheEntries: 10_000, cacheBytes: 32 << 20}
 	for _, opt := range opts {
 		opt(s)
+	}
+	if s.cacheEntries > 0 && s.cacheBytes > 0 {
+		s.cache = NewMemoryStore(WithMaxEntries(s.cacheEntries), WithMaxBytes(s.cacheBytes), WithClock(s.now))
 	}
 	return s
 }
@@ -120,12 +152,18 @@ end
 return {1, redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
 `)
 
-// Acquire implements [Store]: one round trip. A value under the key that is
-// not a readable record is an error wrapping [ErrCorruptRecord]; Acquire
-// leaves it in place.
+// Acquire implements [Store]: one round trip, or none for a completed
+// record in the local cache. A value under the key that is not a readable
+// record is an error wrapping [ErrCorruptRecord]; Acquire leaves it in
+// place.
 func (s *RedisStore) Acquire(ctx context.Context, key string, claim *Record, lease time.Duration) (string, *Record, error) {
 	if err := ctx.Err(); err != nil {
 		return "", nil, err
+	}
+	if s.cache != nil {
+		if held := s.cache.peek(key); held != nil {
+			return "", held, nil
+		}
 	}
 	var inFlight Record
 	if claim != nil {
@@ -136,6 +174,7 @@ func (s *RedisStore) Acquire(ctx context.Context, key string, claim *Record, lea
 	if len(value) > s.maxSize {
 		return "", nil, fmt.Errorf("idempotency: redis acquire: claim of %d bytes exceeds the maximum record size %d", len(value), s.maxSize)
 	}
+	start := s.now() // before Redis reads the PTTL: start+PTTL is never past the real expiry
 	reply, err := acquireScript.Run(ctx, s.client, []string{s.redisKey(key)}, value, millis(lease), s.maxSize).Slice()
 	if err != nil {
 		return "", nil, fmt.Errorf("idempotency: redis acquire: %w", err)
@@ -157,7 +196,10 @@ func (s *RedisStore) Acquire(ctx context.Context, key string, claim *Record, lea
 		if err != nil {
 			return "", nil, err
 		}
-		held.ExpiresAt = time.Now().Add(time.Duration(pttl) * time.Millisecond)
+		held.ExpiresAt = start.Add(time.Duration(pttl) * time.Millisecond)
+		if s.cache != nil && held.State == Completed {
+			s.cache.keep(key, held)
+		}
 		return "", held, nil
 	case code == 2:
 		size, _ := replyInt(reply, 1)
@@ -192,21 +234,29 @@ func (s *RedisStore) Complete(ctx context.Context, key, token string, rec *Recor
 	if !ok {
 		return ErrNotOwner
 	}
+	stored := rec
 	value := encodeRecord(Completed, owner, rec)
 	if len(value) > s.maxSize && !rec.BodyOmitted {
 		bodiless := *rec
 		bodiless.Body, bodiless.BodyOmitted = nil, true
-		value = encodeRecord(Completed, owner, &bodiless)
+		stored = &bodiless
+		value = encodeRecord(Completed, owner, stored)
 	}
 	if len(value) > s.maxSize {
 		return fmt.Errorf("idempotency: redis complete: record of %d bytes without body exceeds the maximum record size %d", len(value), s.maxSize)
 	}
+	start := s.now()
 	n, err := completeScript.Run(ctx, s.client, []string{s.redisKey(key)}, ownerHead(owner), value, millis(ttl)).Int64()
 	if err != nil {
 		return fmt.Errorf("idempotency: redis complete: %w", err)
 	}
 	if n != 1 {
 		return ErrNotOwner
+	}
+	if s.cache != nil {
+		kept := *stored
+		kept.State, kept.Token, kept.ExpiresAt = Completed, token, start.Add(ttl)
+		s.cache.keep(key, &kept)
 	}
 	return nil
 }

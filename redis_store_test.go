@@ -33,7 +33,15 @@ func redisHarnesses(t *testing.T) []storeHarness {
 	for _, target := range redisTargets(false) {
 		hs = append(hs, storeHarness{name: target.name, new: func(t *testing.T) (idem.Store, func(time.Duration)) {
 			client, prefix, advance := target.open(t)
-			return idem.NewRedisStore(client, idem.WithRedisKeyPrefix(prefix)), advance
+			// The local cache's clock moves with Redis' keys, so the suites
+			// run with the cache on, as users do.
+			var offset atomic.Int64
+			clock := func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
+			store := idem.NewRedisStore(client, idem.WithRedisKeyPrefix(prefix), idem.WithRedisClock(clock))
+			return store, func(d time.Duration) {
+				advance(d)
+				offset.Add(int64(d))
+			}
 		}})
 	}
 	return hs
@@ -295,7 +303,7 @@ func TestRedisStore_OneRoundTripPerStep(t *testing.T) {
 	srv := startRedisServer(t) // skips without redis-server: miniredis has no commandstats
 	ctx := storeCtx(t)
 	client := newRedisClient(t, srv.addr)
-	s := idem.NewRedisStore(client)
+	s := idem.NewRedisStore(client, idem.WithRedisLocalCache(0, 0)) // every step goes to Redis
 	calls := func(step func()) int {
 		t.Helper()
 		before := evalCalls(t, client)
@@ -616,7 +624,7 @@ func TestRedisStore_RoundTripsOverHTTP(t *testing.T) {
 	gate := make(chan struct{})
 	var openGate sync.Once
 	t.Cleanup(func() { openGate.Do(func() { close(gate) }) })
-	svc := newOrderService(t, idem.NewRedisStore(client), &runs, &arrived, gate)
+	svc := newOrderService(t, idem.NewRedisStore(client, idem.WithRedisLocalCache(0, 0)), &runs, &arrived, gate)
 	httpClient := newHTTPClient(t)
 	calls := func(step func()) int {
 		t.Helper()
@@ -721,7 +729,9 @@ func TestSpec25_RedisCorruptRecordOverHTTP(t *testing.T) {
 			ctx := storeCtx(t)
 			client, prefix, _ := target.open(t)
 			var runs, arrived atomic.Int32
-			svc := newOrderService(t, idem.NewRedisStore(client, idem.WithRedisKeyPrefix(prefix)), &runs, &arrived, nil)
+			// Without the local cache: the record is read back from Redis.
+			store := idem.NewRedisStore(client, idem.WithRedisKeyPrefix(prefix), idem.WithRedisLocalCache(0, 0))
+			svc := newOrderService(t, store, &runs, &arrived, nil)
 			httpClient := newHTTPClient(t)
 			require.Equal(t, http.StatusCreated, postOrder(httpClient, svc.srv, redisHTTPKey).status)
 			var keys []string

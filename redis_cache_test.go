@@ -1,0 +1,67 @@
+package idempotency_test
+
+import (
+	"net/http"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	idem "github.com/ginidem/idempotency"
+)
+
+// TestRedisLocalCache_ReplaysWithoutRoundTrip: instance A completes a key
+// and replays it from its local cache with no Redis call; instance B, which
+// has not seen the record, replays it from Redis with one.
+func TestRedisLocalCache_ReplaysWithoutRoundTrip(t *testing.T) {
+	srv := startRedisServer(t) // skips without redis-server: miniredis has no commandstats
+	clientA, clientB := newRedisClient(t, srv.addr), newRedisClient(t, srv.addr)
+	var runs, arrived atomic.Int32
+	a := newOrderService(t, idem.NewRedisStore(clientA), &runs, &arrived, nil)
+	b := newOrderService(t, idem.NewRedisStore(clientB), &runs, &arrived, nil)
+	httpClient := newHTTPClient(t)
+	calls := func(step func()) int {
+		t.Helper()
+		before := evalCalls(t, clientA)
+		step()
+		return evalCalls(t, clientA) - before
+	}
+	require.Equal(t, http.StatusCreated, postOrder(httpClient, a.srv, "0b0b2e0c-5f4c-4b7e-9a3d-2f1c6e8d9a10").status) // warm the scripts
+
+	var original redisResp
+	assert.Equal(t, 2, calls(func() { original = postOrder(httpClient, a.srv, redisHTTPKey) }), "first request: acquire + complete")
+	assert.Equal(t, 0, calls(func() {
+		r := postOrder(httpClient, a.srv, redisHTTPKey)
+		require.True(t, r.replayed())
+		assert.Equal(t, original.body, r.body)
+	}), "replay on A: from A's cache")
+	assert.Equal(t, 1, calls(func() {
+		r := postOrder(httpClient, b.srv, redisHTTPKey)
+		require.True(t, r.replayed())
+		assert.Equal(t, original.body, r.body)
+	}), "replay on B: from Redis")
+	assert.Equal(t, 0, calls(func() { require.True(t, postOrder(httpClient, b.srv, redisHTTPKey).replayed()) }),
+		"B cached what it read")
+	assert.Equal(t, int32(2), runs.Load(), "the warm-up and the first request")
+}
+
+// TestRedisLocalCache_NeverServedAfterTTL: once Redis has expired a record,
+// the instance that cached it runs the handler again rather than replay.
+func TestRedisLocalCache_NeverServedAfterTTL(t *testing.T) {
+	srv := startRedisServer(t) // real time on a real server: miniredis time stands still
+	client := newRedisClient(t, srv.addr)
+	var runs, arrived atomic.Int32
+	const ttl = 300 * time.Millisecond
+	a := newOrderService(t, idem.NewRedisStore(client), &runs, &arrived, nil, idem.WithTTL(ttl))
+	httpClient := newHTTPClient(t)
+	require.Equal(t, http.StatusCreated, postOrder(httpClient, a.srv, redisHTTPKey).status)
+	require.True(t, postOrder(httpClient, a.srv, redisHTTPKey).replayed(), "cached while the record lives")
+	ctx := storeCtx(t)
+	require.Eventually(t, func() bool { return client.DBSize(ctx).Val() == 0 }, 10*time.Second, 10*time.Millisecond,
+		"Redis expires the record")
+	r := postOrder(httpClient, a.srv, redisHTTPKey)
+	assert.False(t, r.replayed(), "the cached copy expired no later than Redis' own")
+	assert.Equal(t, int32(2), runs.Load())
+}
