@@ -14,6 +14,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 	"github.com/google/uuid"
+	"github.com/redis/go-redis/v9"
 
 	idem "github.com/ginidem/idempotency"
 )
@@ -119,6 +120,29 @@ func BenchmarkNewKeyMemory(b *testing.B) {
 
 func BenchmarkReplayMemory(b *testing.B) {
 	serveBench(b, benchEngine(idem.New()), sameKey())
+}
+
+// redisBenchStore is a Redis store on a redis-server of the benchmark's
+// own; the benchmark is skipped without redis-server.
+func redisBenchStore(b *testing.B, opts ...idem.RedisStoreOption) idem.Store {
+	srv := startRedisServer(b)
+	client := redis.NewClient(&redis.Options{Addr: srv.addr, ContextTimeoutEnabled: true})
+	b.Cleanup(func() { client.Close() })
+	return idem.NewRedisStore(client, opts...)
+}
+
+func BenchmarkNewKeyRedis(b *testing.B) {
+	serveBench(b, benchEngine(idem.New(idem.WithStore(redisBenchStore(b)))), newKeys(b))
+}
+
+func BenchmarkReplayRedis(b *testing.B) {
+	b.Run("local-cache", func(b *testing.B) {
+		serveBench(b, benchEngine(idem.New(idem.WithStore(redisBenchStore(b)))), sameKey())
+	})
+	b.Run("no-cache", func(b *testing.B) {
+		store := redisBenchStore(b, idem.WithRedisLocalCache(0, 0))
+		serveBench(b, benchEngine(idem.New(idem.WithStore(store))), sameKey())
+	})
 }
 
 func BenchmarkInFlightConflictMemory(b *testing.B) {

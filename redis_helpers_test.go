@@ -193,7 +193,7 @@ type redisServer struct {
 
 // startRedisServer starts a redis-server for this test alone, stopped when
 // the test ends. It skips the test when redis-server is not on PATH.
-func startRedisServer(t *testing.T) *redisServer {
+func startRedisServer(t testing.TB) *redisServer {
 	t.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		t.Skip("redis-server is not on PATH: this test needs a real Redis (miniredis lacks it)")
