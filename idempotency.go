@@ -52,7 +52,7 @@ func New(opts ...Option) gin.HandlerFunc {
 	if cfg.logger == nil {
 		cfg.logger = slog.Default()
 	}
-	m := &middleware{config: *cfg, hashers: sync.Pool{New: newHasher}}
+	m := &middleware{config: *cfg, hashers: sync.Pool{New: newHasher}, replayedValue: []string{"true"}[:1:1]}
 	_, m.inProcess = m.store.(*MemoryStore)
 	m.leases = newRenewer(m)
 	return m.handle
@@ -81,6 +81,9 @@ type middleware struct {
 	// inProcess is set for a store that answers from memory without I/O; its
 	// calls need no deadline timer.
 	inProcess bool
+	// replayedValue is the replay header's value, shared by every replay; its
+	// capacity is its length, so an append by a later middleware copies it.
+	replayedValue []string
 }
 
 // flight is everything the middleware knows of one keyed request, in one
@@ -252,7 +255,10 @@ func (m *middleware) storeCtx(ctx context.Context) (context.Context, context.Can
 // acquire takes the key, or returns the record that holds it. With
 // WithWaitInFlight, it polls with backoff while the holder is in flight.
 func (m *middleware) acquire(c *gin.Context, f *flight) (string, *Record, error) {
-	deadline := time.Now().Add(m.waitInFlight)
+	var deadline time.Time
+	if m.waitInFlight > 0 {
+		deadline = time.Now().Add(m.waitInFlight)
+	}
 	pause := 10 * time.Millisecond
 	for {
 		ctx, cancel := m.storeCtx(c.Request.Context())
@@ -266,7 +272,7 @@ func (m *middleware) acquire(c *gin.Context, f *flight) (string, *Record, error)
 			return token, held, err
 		}
 		left := time.Until(deadline)
-		if left <= 0 {
+		if m.waitInFlight == 0 || left <= 0 {
 			return token, held, nil
 		}
 		wait := time.NewTimer(min(pause, left))
@@ -378,7 +384,7 @@ func (m *middleware) replay(c *gin.Context, rec *Record) {
 	for name, values := range rec.Header {
 		h[name] = values[:len(values):len(values)] // an append must copy, not write into the record
 	}
-	h[m.replayedHeader] = []string{"true"}
+	h[m.replayedHeader] = m.replayedValue
 	c.Writer.WriteHeader(rec.Status)
 	c.Writer.WriteHeaderNow()
 	c.Writer.Write(rec.Body)

@@ -117,11 +117,12 @@ func (s *MemoryStore) Acquire(ctx context.Context, key string, claim *Record, le
 	defer s.mu.Unlock()
 	now := s.now()
 	if e := s.live(key, now); e != nil {
-		if e.next != nil {
+		if e.rec.State == Completed {
 			s.unlink(e)
 			s.pushFront(e)
+			return "", &e.rec, nil // never changed again: read-only for the caller
 		}
-		held := e.rec
+		held := e.rec // an in-flight record changes on Extend and Complete
 		return "", &held, nil
 	}
 	s.seq++
@@ -134,7 +135,7 @@ func (s *MemoryStore) Acquire(ctx context.Context, key string, claim *Record, le
 		ExpiresAt:   now.Add(lease),
 	}}
 	e.size = recordSize(key, &e.rec)
-	if !s.makeRoom(e.size, now) {
+	if !s.makeRoom(1, e.size, now, nil) {
 		return "", nil, ErrStoreFull
 	}
 	s.put(e)
@@ -153,18 +154,21 @@ func (s *MemoryStore) Complete(ctx context.Context, key, token string, rec *Reco
 	if e == nil {
 		return ErrNotOwner
 	}
-	s.remove(e)
+	// The entry keeps its map slot; only its size and LRU place change.
+	s.bytes -= e.size
 	e.rec = *rec
 	e.rec.State = Completed
 	e.rec.Token = token
 	e.rec.ExpiresAt = now.Add(ttl)
 	e.size = recordSize(key, &e.rec)
-	if !s.makeRoom(e.size, now) {
+	s.bytes += e.size
+	s.pushFront(e)
+	if !s.makeRoom(0, 0, now, e) {
 		// Only in-flight records are left and this one does not fit: keep
 		// nothing, so that a retry runs again rather than blocking the key.
+		s.remove(e)
 		return ErrStoreFull
 	}
-	s.put(e)
 	return nil
 }
 
@@ -256,19 +260,22 @@ func (s *MemoryStore) oldest() *memoryEntry {
 	return nil
 }
 
-// makeRoom evicts completed records, least recently used first, until one
-// more entry of size bytes fits within the bounds. When the completed
-// records are not enough, it reclaims expired in-flight records. It reports
-// whether the entry fits.
-func (s *MemoryStore) makeRoom(size int64, now time.Time) bool {
-	fits := func() bool {
-		return len(s.records)+1 <= s.maxEntries && s.bytes+size <= s.maxBytes
-	}
-	for e := s.oldest(); !fits() && e != nil; e = s.oldest() {
+// fits reports whether entries more records of size more bytes fit within
+// the bounds.
+func (s *MemoryStore) fits(entries int, size int64) bool {
+	return len(s.records)+entries <= s.maxEntries && s.bytes+size <= s.maxBytes
+}
+
+// makeRoom evicts completed records, least recently used first but never
+// spare, until entries more records of size more bytes fit within the
+// bounds. When the completed records are not enough, it reclaims expired
+// in-flight records. It reports whether they fit.
+func (s *MemoryStore) makeRoom(entries int, size int64, now time.Time, spare *memoryEntry) bool {
+	for e := s.oldest(); !s.fits(entries, size) && e != nil && e != spare; e = s.oldest() {
 		s.remove(e)
 	}
-	if fits() {
-		s.reclaimExpiredTail(now)
+	if s.fits(entries, size) {
+		s.reclaimExpiredTail(now, spare)
 		return true
 	}
 	for _, e := range s.records {
@@ -276,15 +283,15 @@ func (s *MemoryStore) makeRoom(size int64, now time.Time) bool {
 			s.remove(e)
 		}
 	}
-	return fits()
+	return s.fits(entries, size)
 }
 
 // reclaimExpiredTail drops a few expired records from the least recently
 // used end, so that a quiet store gives memory back without a janitor.
-func (s *MemoryStore) reclaimExpiredTail(now time.Time) {
+func (s *MemoryStore) reclaimExpiredTail(now time.Time, spare *memoryEntry) {
 	for i := 0; i < 2; i++ {
 		e := s.oldest()
-		if e == nil || now.Before(e.rec.ExpiresAt) {
+		if e == nil || e == spare || now.Before(e.rec.ExpiresAt) {
 			return
 		}
 		s.remove(e)
@@ -304,7 +311,7 @@ func recordSize(key string, r *Record) int64 {
 	return int64(n)
 }
 
-// peek returns a copy of the live completed record for key, or nil; it
+// peek returns the live completed record for key, or nil; it
 // changes nothing but the record's recency. It serves the Redis store's
 // local cache.
 func (s *MemoryStore) peek(key string) *Record {
@@ -316,8 +323,7 @@ func (s *MemoryStore) peek(key string) *Record {
 	}
 	s.unlink(e)
 	s.pushFront(e)
-	held := e.rec
-	return &held
+	return &e.rec // a completed record never changes: read-only for the caller
 }
 
 // keep stores a copy of the completed record rec for key until
@@ -335,7 +341,7 @@ func (s *MemoryStore) keep(key string, rec *Record) {
 	}
 	e := &memoryEntry{key: key, rec: *rec}
 	e.size = recordSize(key, &e.rec)
-	if s.makeRoom(e.size, now) {
+	if s.makeRoom(1, e.size, now, nil) {
 		s.put(e)
 	}
 }
