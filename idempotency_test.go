@@ -32,13 +32,7 @@ type behaviour struct {
 
 // TestBehaviour is the shared behaviour table: every case runs against
 // every store (memory, real Redis, Cluster), so the stores cannot drift.
-func TestBehaviour(t *testing.T) {
-	forEachStore(t, func(t *testing.T, h storeHarness) {
-		for _, b := range behaviours {
-			t.Run(b.name, func(t *testing.T) { b.run(t, h) })
-		}
-	})
-}
+func TestBehaviour(t *testing.T) { runBehaviours(t, behaviours) }
 
 var behaviours = []behaviour{
 	// The key (1-5).

@@ -22,12 +22,7 @@ func TestRedisLocalCache_ReplaysWithoutRoundTrip(t *testing.T) {
 	a := newOrderService(t, idem.NewRedisStore(clientA), &runs, &arrived, nil)
 	b := newOrderService(t, idem.NewRedisStore(clientB), &runs, &arrived, nil)
 	httpClient := newHTTPClient(t)
-	calls := func(step func()) int {
-		t.Helper()
-		before := evalCalls(t, clientA)
-		step()
-		return evalCalls(t, clientA) - before
-	}
+	calls := func(step func()) int { return evalDelta(t, clientA, step) }
 	require.Equal(t, http.StatusCreated, postOrder(httpClient, a.srv, "0b0b2e0c-5f4c-4b7e-9a3d-2f1c6e8d9a10").status) // warm the scripts
 
 	var original redisResp

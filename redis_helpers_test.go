@@ -373,3 +373,12 @@ func evalCalls(t *testing.T, client redis.UniversalClient) int {
 	}
 	return total
 }
+
+// evalDelta runs step and returns how many script calls (EVALSHA and EVAL)
+// the server behind client counted meanwhile: its round trips.
+func evalDelta(t *testing.T, client redis.UniversalClient, step func()) int {
+	t.Helper()
+	before := evalCalls(t, client)
+	step()
+	return evalCalls(t, client) - before
+}

@@ -146,6 +146,19 @@ func TestSpec15_RedisOversizedRecordIsKeptWithoutBody(t *testing.T) {
 	})
 }
 
+// assertCorruptRefused: with a value under "k" that is not a record,
+// Acquire is an ErrCorruptRecord (never a panic) and the other steps find
+// no owner.
+func assertCorruptRefused(t *testing.T, ctx context.Context, s idem.Store, token string) {
+	t.Helper()
+	var err error
+	require.NotPanics(t, func() { _, _, err = s.Acquire(ctx, "k", testClaim, time.Minute) })
+	assert.ErrorIs(t, err, idem.ErrCorruptRecord)
+	assert.ErrorIs(t, s.Complete(ctx, "k", token, completed(200, ""), time.Hour), idem.ErrNotOwner)
+	assert.ErrorIs(t, s.Release(ctx, "k", token), idem.ErrNotOwner)
+	assert.ErrorIs(t, s.Extend(ctx, "k", token, time.Minute), idem.ErrNotOwner)
+}
+
 // TestSpec25_CorruptRecordIsAnError writes garbage, truncated records,
 // foreign values, oversized values and other types under a record's key:
 // Acquire returns an error wrapping ErrCorruptRecord (never a panic) and
@@ -180,12 +193,7 @@ func TestSpec25_CorruptRecordIsAnError(t *testing.T) {
 		for name, value := range values {
 			t.Run(name, func(t *testing.T) {
 				require.NoError(t, client.Set(ctx, key, value, time.Hour).Err())
-				var err error
-				require.NotPanics(t, func() { _, _, err = s.Acquire(ctx, "k", testClaim, time.Minute) })
-				assert.ErrorIs(t, err, idem.ErrCorruptRecord)
-				assert.ErrorIs(t, s.Complete(ctx, "k", token, completed(200, ""), time.Hour), idem.ErrNotOwner)
-				assert.ErrorIs(t, s.Release(ctx, "k", token), idem.ErrNotOwner)
-				assert.ErrorIs(t, s.Extend(ctx, "k", token, time.Minute), idem.ErrNotOwner)
+				assertCorruptRefused(t, ctx, s, token)
 				got, err := client.Get(ctx, key).Result()
 				require.NoError(t, err)
 				assert.Equal(t, value, got, "the value is left alone")
@@ -205,12 +213,7 @@ func TestSpec25_CorruptRecordIsAnError(t *testing.T) {
 			t.Run(name, func(t *testing.T) {
 				require.NoError(t, client.Del(ctx, key).Err())
 				require.NoError(t, write())
-				var err error
-				require.NotPanics(t, func() { _, _, err = s.Acquire(ctx, "k", testClaim, time.Minute) })
-				assert.ErrorIs(t, err, idem.ErrCorruptRecord)
-				assert.ErrorIs(t, s.Complete(ctx, "k", token, completed(200, ""), time.Hour), idem.ErrNotOwner)
-				assert.ErrorIs(t, s.Release(ctx, "k", token), idem.ErrNotOwner)
-				assert.ErrorIs(t, s.Extend(ctx, "k", token, time.Minute), idem.ErrNotOwner)
+				assertCorruptRefused(t, ctx, s, token)
 				typ, err := client.Type(ctx, key).Result()
 				require.NoError(t, err)
 				assert.NotEqual(t, "string", typ, "the value is left alone")
@@ -304,12 +307,7 @@ func TestRedisStore_OneRoundTripPerStep(t *testing.T) {
 	ctx := storeCtx(t)
 	client := newRedisClient(t, srv.addr)
 	s := idem.NewRedisStore(client, idem.WithRedisLocalCache(0, 0)) // every step goes to Redis
-	calls := func(step func()) int {
-		t.Helper()
-		before := evalCalls(t, client)
-		step()
-		return evalCalls(t, client) - before
-	}
+	calls := func(step func()) int { return evalDelta(t, client, step) }
 
 	// A cold script cache costs one extra call (EVALSHA answers NOSCRIPT,
 	// then EVAL), once per script and server; warm every script first.
@@ -626,12 +624,7 @@ func TestRedisStore_RoundTripsOverHTTP(t *testing.T) {
 	t.Cleanup(func() { openGate.Do(func() { close(gate) }) })
 	svc := newOrderService(t, idem.NewRedisStore(client, idem.WithRedisLocalCache(0, 0)), &runs, &arrived, gate)
 	httpClient := newHTTPClient(t)
-	calls := func(step func()) int {
-		t.Helper()
-		before := evalCalls(t, client)
-		step()
-		return evalCalls(t, client) - before
-	}
+	calls := func(step func()) int { return evalDelta(t, client, step) }
 
 	// Warm the script cache (a cold script costs one NOSCRIPT reply once).
 	openGate.Do(func() { close(gate) })

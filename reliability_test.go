@@ -23,13 +23,7 @@ import (
 )
 
 // TestReliability runs the fault cases against every store.
-func TestReliability(t *testing.T) {
-	forEachStore(t, func(t *testing.T, h storeHarness) {
-		for _, b := range faults {
-			t.Run(b.name, func(t *testing.T) { b.run(t, h) })
-		}
-	})
-}
+func TestReliability(t *testing.T) { runBehaviours(t, faults) }
 
 var faults = []behaviour{
 	{"spec10/1000 requests over 50 keys: each handler runs once", func(t *testing.T, h storeHarness) {

@@ -52,6 +52,15 @@ func forEachStore(t *testing.T, fn func(t *testing.T, h storeHarness)) {
 	}
 }
 
+// runBehaviours runs each case of table as a subtest, once per store.
+func runBehaviours(t *testing.T, table []behaviour) {
+	forEachStore(t, func(t *testing.T, h storeHarness) {
+		for _, b := range table {
+			t.Run(b.name, func(t *testing.T) { b.run(t, h) })
+		}
+	})
+}
+
 func storeCtx(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	t.Cleanup(cancel)

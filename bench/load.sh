@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
 # Load test of the example service, with and without the middleware.
 #
-# Needs: go, wrk (Debian: apt-get install wrk) and, for the Redis rounds,
+# Needs: go, wrk (Debian: apt-get install wrk), curl, python3 and, for the Redis rounds,
 # redis-server (apt-get install redis-server) or REDIS_URL pointing at a
 # Redis you own (it writes keys under the "idem:" prefix). Installs nothing.
 #
-#   bench/load.sh                      # 3 rounds of 3 s per run
+#   bench/load.sh                      # 3 rounds of 3 s per run, after 1 s of warm-up
 #   DURATION=5s ROUNDS=3 bench/load.sh
 #
 # For each store (memory, redis) and scenario (no key, new keys, replays, a
 # mix with 10% duplicates) it runs wrk (1 thread, 16 connections) against
 # the example with the middleware and with -idempotency=false, alternating
 # the two in each round, and prints the median requests/s and latency of
-# the rounds, and the ratio on/off.
+# the rounds, and the median of the rounds' on/off ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-3s}
+WARMUP=${WARMUP:-1s} # each fresh process first serves this long, unmeasured
 ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-16}
 export BENCH_DIR=$PWD/bench
@@ -62,18 +63,22 @@ run() {
   curl -s -o /dev/null -X POST "$url/api/requisitions" -H 'Authorization: Bearer alice' \
     -H 'Content-Type: application/json' -H "Idempotency-Key: $key" \
     -d '{"program":"Family Planning","facility":"Comfort Health Clinic"}'
+  BENCH_KEY=$key wrk -t1 -c"$CONNS" -d"$WARMUP" -s "bench/$1.lua" "$url" >/dev/null
   out=$(BENCH_KEY=$key wrk -t1 -c"$CONNS" -d"$DURATION" --latency -s "bench/$1.lua" "$url")
   echo "$out" | awk '
+    function ms(v) { # wrk prints 485.00us, 1.09ms or 1.20s
+      if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v
+    }
     /Requests\/sec/ {rps=$2}
-    /^ +50%/ {p50=$2}
-    /^ +99%/ {p99=$2}
-    END {print rps, p50, p99}'
+    /^ +50%/ {p50=ms($2)}
+    /^ +99%/ {p99=ms($2)}
+    END {printf "%s %.2f %.2f\n", rps, p50, p99}'
 }
 
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 echo "machine: $(nproc) cores, $(uname -m), $(go version | cut -d' ' -f3); wrk -t1 -c$CONNS -d$DURATION, median of $ROUNDS rounds"
-printf '%-7s %-8s %12s %9s %9s %12s %9s %7s\n' store scenario "on req/s" "on p50" "on p99" "off req/s" "off p50" ratio
+printf '%-7s %-8s %12s %9s %9s %12s %9s %7s\n' store scenario "on req/s" "p50 ms" "p99 ms" "off req/s" "p50 ms" ratio
 for store in "${stores[@]}"; do
   for scenario in nokey newkey replay mix; do
     : >"$work/on"; : >"$work/off"
@@ -85,9 +90,11 @@ for store in "${stores[@]}"; do
       done
     done
     on_rps=$(cut -d' ' -f1 "$work/on" | median); off_rps=$(cut -d' ' -f1 "$work/off" | median)
-    on_p50=$(cut -d' ' -f2 "$work/on" | sort -V | sed -n "$(( (ROUNDS+1)/2 ))p"); on_p99=$(cut -d' ' -f3 "$work/on" | sort -V | sed -n "$(( (ROUNDS+1)/2 ))p")
-    off_p50=$(cut -d' ' -f2 "$work/off" | sort -V | sed -n "$(( (ROUNDS+1)/2 ))p")
-    printf '%-7s %-8s %12.0f %9s %9s %12.0f %9s %6.2fx\n' "$store" "$scenario" "$on_rps" "$on_p50" "$on_p99" "$off_rps" "$off_p50" \
-      "$(python3 -c "print($on_rps/$off_rps)")"
+    on_p50=$(cut -d' ' -f2 "$work/on" | median); on_p99=$(cut -d' ' -f3 "$work/on" | median)
+    off_p50=$(cut -d' ' -f2 "$work/off" | median)
+    # The ratio is the median of each round's on/off pair, run back to back,
+    # so that a machine whose speed drifts between rounds skews it least.
+    ratio=$(paste -d' ' <(cut -d' ' -f1 "$work/on") <(cut -d' ' -f1 "$work/off") | awk '{printf "%.3f\n", $1 / $2}' | median)
+    printf '%-7s %-8s %12.0f %9s %9s %12.0f %9s %6.2fx\n' "$store" "$scenario" "$on_rps" "$on_p50" "$on_p99" "$off_rps" "$off_p50" "$ratio"
   done
 done
