@@ -232,3 +232,43 @@ func TestSpec10_NoGoroutineOutlivesItsRequest(t *testing.T) {
 	a.srv.Close()
 	a.srv.Client().CloseIdleConnections()
 }
+
+// TestSpec22_NoGoroutineLeakAfterRedisFaults: Redis restarted, then paused
+// beyond the call deadline, under a running service: each time the
+// configured answer (503), then recovery, and once everything is closed no
+// goroutine is left behind.
+func TestSpec22_NoGoroutineLeakAfterRedisFaults(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	t.Run("restart and pause", func(t *testing.T) {
+		srv := startRedisServer(t) // skips without redis-server: pausing needs a real one
+		client := newRedisClient(t, srv.addr)
+		var runs, arrived atomic.Int32
+		store := idem.NewRedisStore(client, idem.WithRedisLocalCache(0, 0))
+		svc := newOrderService(t, store, &runs, &arrived, nil, idem.WithStoreTimeout(200*time.Millisecond))
+		httpClient := newHTTPClient(t)
+		works := func(key string) {
+			t.Helper()
+			require.EventuallyWithT(t, func(c *assert.CollectT) {
+				assert.Equal(c, http.StatusCreated, postOrder(httpClient, svc.srv, key).status)
+			}, 10*time.Second, 20*time.Millisecond)
+		}
+		refused := func(key string) {
+			t.Helper()
+			var r redisResp
+			noHang(t, 10*time.Second, func() { r = postOrder(httpClient, svc.srv, key) })
+			assert.Equal(t, http.StatusServiceUnavailable, r.status)
+		}
+		works(uuid.NewString())
+
+		srv.Stop()
+		refused(uuid.NewString())
+		require.NoError(t, srv.Start())
+		works(uuid.NewString())
+
+		admin := newRedisClient(t, srv.addr)
+		require.NoError(t, admin.Do(storeCtx(t), "CLIENT", "PAUSE", 3000, "ALL").Err())
+		refused(uuid.NewString())
+		require.NoError(t, admin.Do(storeCtx(t), "CLIENT", "UNPAUSE").Err())
+		works(uuid.NewString())
+	})
+}
