@@ -445,37 +445,24 @@ func TestContext(t *testing.T) {
 }
 
 func TestNetworkErrors(t *testing.T) {
-	t.Run("connection closed without an answer", func(t *testing.T) {
-		srv := newFakeServer(t, func(n int, w http.ResponseWriter, _ *http.Request) {
-			if n == 0 {
-				closeConn(t, w, false)
-			}
+	for name, reset := range map[string]bool{"connection closed without an answer": false, "connection reset": true} {
+		t.Run(name, func(t *testing.T) {
+			srv := newFakeServer(t, func(n int, w http.ResponseWriter, _ *http.Request) {
+				if n == 0 {
+					closeConn(t, w, reset)
+				}
+			})
+			tr, _, a := newTestTransport(t)
+			resp, err := tr.RoundTrip(mustRequest(t, http.MethodPost, srv.URL, "x"))
+			require.NoError(t, err)
+			readAll(t, resp)
+			assert.Equal(t, 200, resp.StatusCode)
+			assert.Len(t, srv.seen(), 2)
+			require.Len(t, a.all(), 2)
+			assert.Error(t, a.all()[0].Err)
+			assert.Nil(t, a.all()[0].Response)
 		})
-		tr, _, a := newTestTransport(t)
-		resp, err := tr.RoundTrip(mustRequest(t, http.MethodPost, srv.URL, "x"))
-		require.NoError(t, err)
-		readAll(t, resp)
-		assert.Equal(t, 200, resp.StatusCode)
-		assert.Len(t, srv.seen(), 2)
-		require.Len(t, a.all(), 2)
-		assert.Error(t, a.all()[0].Err)
-		assert.Nil(t, a.all()[0].Response)
-	})
-
-	t.Run("connection reset", func(t *testing.T) {
-		srv := newFakeServer(t, func(n int, w http.ResponseWriter, _ *http.Request) {
-			if n == 0 {
-				closeConn(t, w, true)
-			}
-		})
-		tr, _, a := newTestTransport(t)
-		resp, err := tr.RoundTrip(mustRequest(t, http.MethodPost, srv.URL, "x"))
-		require.NoError(t, err)
-		readAll(t, resp)
-		assert.Equal(t, 200, resp.StatusCode)
-		require.Len(t, a.all(), 2)
-		assert.Error(t, a.all()[0].Err)
-	})
+	}
 
 	t.Run("timeout awaiting the answer", func(t *testing.T) {
 		release := make(chan struct{})
