@@ -98,7 +98,9 @@ type flight struct {
 }
 
 func (m *middleware) handle(c *gin.Context) {
-	if !m.handles(c.Request.Method) {
+	if _, nested := c.Writer.(*recorder); nested || !m.handles(c.Request.Method) {
+		// nested: an outer idempotency middleware already holds this
+		// request's key; a second acquisition would only find it in flight.
 		c.Next()
 		return
 	}

@@ -824,6 +824,36 @@ func TestSpec2_OptionsPerGroupAndRoute(t *testing.T) {
 	assert.Equal(t, http.StatusBadRequest, send("/relaxed/x", "order-1", "a"))
 }
 
+// TestSpec2_NestedMiddlewares: a global middleware and a group's own one on
+// the same route. The outer one handles a keyed request (the inner one steps
+// aside rather than find the key in flight); a request without a key passes
+// the outer one and meets the inner one's RequireKey.
+func TestSpec2_NestedMiddlewares(t *testing.T) {
+	r := gin.New()
+	r.Use(idem.New())
+	calls := 0
+	strict := r.Group("/strict", idem.New(idem.RequireKey()))
+	strict.POST("/x", func(c *gin.Context) { calls++; c.String(http.StatusCreated, "ok") })
+	srv := httptest.NewServer(r)
+	defer srv.Close()
+	send := func(key string) *http.Response {
+		hr, _ := http.NewRequest("POST", srv.URL+"/strict/x", strings.NewReader("a"))
+		if key != "" {
+			hr.Header.Set("Idempotency-Key", key)
+		}
+		res, err := srv.Client().Do(hr)
+		require.NoError(t, err)
+		res.Body.Close()
+		return res
+	}
+	assert.Equal(t, http.StatusCreated, send(key1).StatusCode)
+	replay := send(key1)
+	assert.Equal(t, http.StatusCreated, replay.StatusCode)
+	assert.Equal(t, "true", replay.Header.Get("Idempotent-Replayed"))
+	assert.Equal(t, http.StatusBadRequest, send("").StatusCode)
+	assert.Equal(t, 1, calls)
+}
+
 // TestNewPanicsOnBadOptions: configuration errors are caught once, at
 // construction, with the package prefix.
 func TestNewPanicsOnBadOptions(t *testing.T) {
