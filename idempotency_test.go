@@ -829,10 +829,11 @@ func TestSpec2_OptionsPerGroupAndRoute(t *testing.T) {
 // aside rather than find the key in flight); a request without a key passes
 // the outer one and meets the inner one's RequireKey.
 func TestSpec2_NestedMiddlewares(t *testing.T) {
+	store := idem.NewMemoryStore() // shared, as a Redis store would be
 	r := gin.New()
-	r.Use(idem.New())
+	r.Use(idem.New(idem.WithStore(store)))
 	calls := 0
-	strict := r.Group("/strict", idem.New(idem.RequireKey()))
+	strict := r.Group("/strict", idem.New(idem.WithStore(store), idem.RequireKey()))
 	strict.POST("/x", func(c *gin.Context) { calls++; c.String(http.StatusCreated, "ok") })
 	srv := httptest.NewServer(r)
 	defer srv.Close()
