@@ -17,6 +17,7 @@ import (
 // for the length of one store call.
 type renewer struct {
 	m       *middleware
+	epoch   time.Time     // leases are timed from here, on the monotonic clock
 	every   time.Duration // a flight is renewed once its lease is this old
 	mu      sync.Mutex
 	flights map[*leaseKeeper]struct{}
@@ -29,19 +30,19 @@ type leaseKeeper struct {
 	ctx     context.Context
 	key     string
 	token   string
-	renewed atomic.Int64 // UnixNano of the acquisition or last renewal
+	renewed atomic.Int64 // the acquisition or last renewal, as time since the renewer's epoch
 	stopped bool
 	lost    bool
 }
 
 func newRenewer(m *middleware) *renewer {
-	return &renewer{m: m, every: m.lease / 3, flights: make(map[*leaseKeeper]struct{})}
+	return &renewer{m: m, epoch: time.Now(), every: m.lease / 3, flights: make(map[*leaseKeeper]struct{})}
 }
 
 // start keeps k's lease until stop.
 func (r *renewer) start(ctx context.Context, k *leaseKeeper, key, token string) {
 	k.ctx, k.key, k.token = ctx, key, token
-	k.renewed.Store(time.Now().UnixNano())
+	k.renewed.Store(int64(r.since()))
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.flights[k] = struct{}{}
@@ -76,7 +77,7 @@ func (r *renewer) stop(k *leaseKeeper) (lost bool) {
 // tick renews every lease that is due and re-arms the timer while requests
 // are in flight.
 func (r *renewer) tick() {
-	now := time.Now()
+	now := r.since()
 	r.mu.Lock()
 	var due []*leaseKeeper
 	for k := range r.flights {
@@ -93,16 +94,22 @@ func (r *renewer) tick() {
 	}
 }
 
-// due reports whether k's lease is at least every old.
-func (k *leaseKeeper) due(now time.Time, every time.Duration) bool {
-	return now.UnixNano()-k.renewed.Load() >= int64(every)
+// since is the monotonic time since the renewer's epoch: a wall clock that
+// steps back never delays a renewal.
+func (r *renewer) since() time.Duration { return time.Since(r.epoch) }
+
+// due reports whether k's lease is at least every old at now.
+func (k *leaseKeeper) due(now, every time.Duration) bool {
+	return int64(now)-k.renewed.Load() >= int64(every)
 }
 
 // renew extends k's lease by one store call, unless k stopped meanwhile.
 func (r *renewer) renew(k *leaseKeeper) {
-	k.mu.Lock()
+	if !k.mu.TryLock() {
+		return // a renewal under way covers this tick; stop must not queue behind more
+	}
 	defer k.mu.Unlock()
-	start := time.Now()
+	start := r.since()
 	if k.stopped || k.lost || !k.due(start, r.every) { // stopped, or renewed by an earlier tick
 		return
 	}
@@ -115,6 +122,6 @@ func (r *renewer) renew(k *leaseKeeper) {
 		r.m.logger.LogAttrs(k.ctx, slog.LevelWarn, "idempotency: lease renewal failed",
 			slog.String("key", k.key), slog.Any("error", err))
 	default:
-		k.renewed.Store(start.UnixNano())
+		k.renewed.Store(int64(start))
 	}
 }

@@ -272,3 +272,41 @@ func TestSpec22_NoGoroutineLeakAfterRedisFaults(t *testing.T) {
 		works(uuid.NewString())
 	})
 }
+
+// stuckStore's Extend never answers before its deadline, as a store that is
+// down or paused; the first one to time out closes expired.
+type stuckStore struct {
+	idem.Store
+	extends atomic.Int32
+	expired chan struct{}
+	once    sync.Once
+}
+
+func (s *stuckStore) Extend(ctx context.Context, _, _ string, _ time.Duration) error {
+	s.extends.Add(1)
+	<-ctx.Done()
+	s.once.Do(func() { close(s.expired) })
+	return ctx.Err()
+}
+
+// TestSpec22_SlowRenewalsDoNotQueue: while a renewal hangs in the store,
+// the ticks that come due do not queue more renewals behind it, so a
+// finished handler waits for one store call at most, not for a backlog of
+// them.
+func TestSpec22_SlowRenewalsDoNotQueue(t *testing.T) {
+	stuck := &stuckStore{Store: idem.NewMemoryStore(), expired: make(chan struct{})}
+	h := storeHarness{name: "stuck", new: func(*testing.T) (idem.Store, func(time.Duration)) { return stuck, nil }}
+	// Ticks every 5 ms; each stuck call's 60 ms deadline spans about a dozen.
+	a := newApp(t, h, idem.WithLease(30*time.Millisecond), idem.WithStoreTimeout(60*time.Millisecond))
+	first := a.async(post("/slow", key1, "x"))
+	a.waitEntered(1)
+	select {
+	case <-stuck.expired:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no renewal reached the store")
+	}
+	before := stuck.extends.Load()
+	a.open()
+	assert.Equal(t, http.StatusCreated, recv(t, first).status)
+	assert.LessOrEqual(t, stuck.extends.Load()-before, int32(2), "renewals queued behind the stuck ones")
+}
