@@ -135,9 +135,10 @@ func appendString(b []byte, s string) []byte {
 }
 
 // decodeRecord reads a stored record of at most maxSize bytes. Every length
-// is checked against the bytes left before anything is allocated, so a
-// corrupt or foreign value costs at most one copy of its own size and
-// returns an error wrapping ErrCorruptRecord, never a panic. The record's
+// is checked against the bytes left, and nothing is sized by a count before
+// the data behind it has decoded, so a corrupt or foreign value costs a
+// small multiple of its own size at most and returns an error wrapping
+// ErrCorruptRecord, never a panic. The record's
 // ExpiresAt is left for the caller, which knows the key's PTTL.
 func decodeRecord(v string, maxSize int) (*Record, error) {
 	if len(v) > maxSize {
@@ -172,15 +173,17 @@ func decodeRecord(v string, maxSize int) (*Record, error) {
 	}
 	rec.BodyOmitted = flags&flagBodyOmitted != 0
 	// Every header takes at least two bytes (name length, value count), and
-	// every value at least one: counts are bounded by the bytes left before
-	// any map or slice is made.
+	// every value at least one: counts are bounded by the bytes left. Maps
+	// and slices start small and grow only with what actually decodes, so a
+	// count that lies costs nothing up front.
 	if n := d.count("header count", 2); n > 0 {
-		rec.Header = make(http.Header, n)
+		rec.Header = make(http.Header, min(n, 16))
 		for i := 0; i < n && d.err == nil; i++ {
 			name := d.string("header name")
-			values := make([]string, d.count("header value count", 1))
-			for j := range values {
-				values[j] = d.string("header value")
+			count := d.count("header value count", 1)
+			values := make([]string, 0, min(count, 4))
+			for j := 0; j < count && d.err == nil; j++ {
+				values = append(values, d.string("header value"))
 			}
 			if prev, dup := rec.Header[name]; dup {
 				values = append(prev, values...)

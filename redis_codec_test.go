@@ -214,3 +214,25 @@ func FuzzDecodeRecord(f *testing.F) {
 		require.Equal(t, rec, again)
 	})
 }
+
+// TestSpec25_LyingCountsAllocateLittle: a value under the size bound whose
+// header and value counts claim as much as the bytes left allow, followed by
+// garbage, costs a small multiple of its size to refuse, not a map and
+// slices sized by the counts.
+func TestSpec25_LyingCountsAllocateLittle(t *testing.T) {
+	empty := uv(0)
+	garbage := strings.Repeat("\xff", 1<<20)
+	values := []string{
+		craft(empty, empty, empty, uv(200), []byte{0}, uv(uint64(len(garbage)/2)), []byte(garbage)),
+		craft(empty, empty, empty, uv(200), []byte{0}, uv(1), uv(1), []byte("A"), uv(uint64(len(garbage)-8)), []byte(garbage)),
+	}
+	for _, v := range values {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		_, err := decodeRecord(v, DefaultRedisMaxRecordSize)
+		runtime.ReadMemStats(&after)
+		assert.ErrorIs(t, err, ErrCorruptRecord)
+		assert.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(4*len(v)), "bytes allocated to refuse %d bytes", len(v))
+	}
+}
