@@ -271,11 +271,11 @@ func (s *MemoryStore) fits(entries int, size int64) bool {
 // bounds. When the completed records are not enough, it reclaims expired
 // in-flight records. It reports whether they fit.
 func (s *MemoryStore) makeRoom(entries int, size int64, now time.Time, spare *memoryEntry) bool {
+	s.reclaimExpiredTail(now, spare) // expired records go before live ones
 	for e := s.oldest(); !s.fits(entries, size) && e != nil && e != spare; e = s.oldest() {
 		s.remove(e)
 	}
 	if s.fits(entries, size) {
-		s.reclaimExpiredTail(now, spare)
 		return true
 	}
 	for _, e := range s.records {
