@@ -10,9 +10,10 @@ import (
 )
 
 // renewer keeps the leases of one middleware's requests in flight. One
-// timer serves all of them and is armed only while a request runs, so a
-// request costs no timer of its own, and no store call unless it outlives
-// a third of its lease. There is no goroutine to stop: the timer's function
+// timer serves all of them; it stays armed while requests keep coming and
+// disarms itself at the first tick with none in flight, so a request costs
+// no timer operation of its own, and no store call unless it outlives a
+// third of its lease. There is no goroutine to stop: the timer's function
 // runs only when it fires, and each renewal runs in a goroutine of its own
 // for the length of one store call.
 type renewer struct {
@@ -22,6 +23,7 @@ type renewer struct {
 	mu      sync.Mutex
 	flights map[*leaseKeeper]struct{}
 	timer   *time.Timer
+	armed   bool // the timer will fire; it disarms itself at a tick with no flights
 }
 
 // leaseKeeper is the lease of one request in flight.
@@ -46,9 +48,10 @@ func (r *renewer) start(ctx context.Context, k *leaseKeeper, key, token string) 
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.flights[k] = struct{}{}
-	if len(r.flights) > 1 {
-		return // the timer is armed
+	if r.armed {
+		return
 	}
+	r.armed = true
 	// Tick twice per period, so that each lease is renewed between a third
 	// and a half of it after the last renewal.
 	if r.timer == nil {
@@ -66,11 +69,8 @@ func (r *renewer) stop(k *leaseKeeper) (lost bool) {
 	lost = k.lost
 	k.mu.Unlock()
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	delete(r.flights, k)
-	if len(r.flights) == 0 {
-		r.timer.Stop()
-	}
+	delete(r.flights, k) // the timer stays armed for the next request, or disarms at its tick
+	r.mu.Unlock()
 	return lost
 }
 
@@ -85,7 +85,7 @@ func (r *renewer) tick() {
 			due = append(due, k)
 		}
 	}
-	if len(r.flights) > 0 {
+	if r.armed = len(r.flights) > 0; r.armed {
 		r.timer.Reset(r.every / 2)
 	}
 	r.mu.Unlock()
