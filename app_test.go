@@ -144,8 +144,13 @@ type req struct {
 	method, path, body string
 	key                string // "" sends no key
 	header             http.Header
-	auth               string // Authorization value
+	auth               string // Authorization value; "" sends defaultAuth
+	anonymous          bool   // send no Authorization at all
 }
+
+// defaultAuth identifies the caller of a request that names none: keyed
+// requests need a known caller (SPEC 6).
+const defaultAuth = "Bearer caller"
 
 func post(path, key, body string) req {
 	return req{method: http.MethodPost, path: path, key: key, body: body}
@@ -166,8 +171,11 @@ func (a *app) doCtx(ctx context.Context, r req) resp {
 	if r.key != "" {
 		hr.Header.Set("Idempotency-Key", r.key)
 	}
-	if r.auth != "" {
+	switch {
+	case r.auth != "":
 		hr.Header.Set("Authorization", r.auth)
+	case !r.anonymous && hr.Header.Get("Authorization") == "":
+		hr.Header.Set("Authorization", defaultAuth)
 	}
 	res, err := a.srv.Client().Do(hr)
 	require.NoError(a.t, err)

@@ -24,9 +24,12 @@ const (
 	// EventLostLease: the handler's lease was taken by another request, so
 	// its response was not stored.
 	EventLostLease
+	// EventUnknownCaller: a keyed request had an empty scope and got 400
+	// (see [AllowAnonymousKeys]).
+	EventUnknownCaller
 )
 
-var eventNames = [...]string{"unknown", "acquired", "completed", "replayed", "conflict", "mismatch", "released", "store_error", "lost_lease"}
+var eventNames = [...]string{"unknown", "acquired", "completed", "replayed", "conflict", "mismatch", "released", "store_error", "lost_lease", "unknown_caller"}
 
 // String returns the event's name, such as "replayed".
 func (k EventKind) String() string {
@@ -44,7 +47,8 @@ type Event struct {
 	ScopeHash string
 	// Key is the store key: a hex SHA-256 of the scope and the key.
 	Key string
-	// Method and Route are the request's method and Gin route.
+	// Method and Route are the request's method and Gin route pattern
+	// (such as "/orders/:id/submit"; empty for a request no route matched).
 	Method, Route string
 	// Status is the response status, where there is one.
 	Status int

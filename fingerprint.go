@@ -114,11 +114,11 @@ func Headers(names ...string) FingerprintPart {
 	}
 }
 
-// fingerprint hashes the method, the route and every part with h.
-func fingerprint(h *hasher, parts []FingerprintPart, r *http.Request, route string, body []byte) ([]byte, error) {
+// fingerprint hashes the method, the path and every part with h.
+func fingerprint(h *hasher, parts []FingerprintPart, r *http.Request, path string, body []byte) ([]byte, error) {
 	h.Reset()
 	writeString(h, r.Method)
-	writeString(h, route)
+	writeString(h, path)
 	for _, part := range parts {
 		if err := part(h, r, body); err != nil {
 			return nil, err

@@ -147,6 +147,19 @@ var behaviours = []behaviour{
 		bad := custom.do(post("/things", "inv_1", "x"))
 		assert.Equal(t, "the key must start with ord_", bad.problem(t).Detail)
 	}},
+	{"spec4/a UUID in upper, lower and mixed case is one key", func(t *testing.T, h storeHarness) {
+		a := newApp(t, h)
+		first := a.do(post("/things", strings.ToUpper(key1), "x"))
+		require.Equal(t, http.StatusCreated, first.status)
+		for _, k := range []string{key1, strings.ToUpper(key1[:18]) + key1[18:], `"` + strings.ToUpper(key1) + `"`} {
+			r := a.do(post("/things", k, "x"))
+			assert.True(t, r.replayed(), k)
+			assert.Equal(t, first.body, r.body)
+		}
+		same := a.do(req{method: "POST", path: "/things", body: "x", header: http.Header{"Idempotency-Key": {key1, strings.ToUpper(key1)}}})
+		assert.True(t, same.replayed(), "two lines with the same UUID in two cases are one key")
+		assert.Equal(t, int32(1), a.calls.Load())
+	}},
 	{"spec5/POST and PATCH by default; other methods ignore the key", func(t *testing.T, h storeHarness) {
 		a := newApp(t, h)
 		a.do(req{method: "PATCH", path: "/things", key: key1, body: "x"})
@@ -203,7 +216,7 @@ var behaviours = []behaviour{
 		assert.Equal(t, http.StatusConflict, route.status)
 		p := route.problem(t)
 		assert.Equal(t, idem.ProblemKeyMismatch, p.Type)
-		assert.Contains(t, p.Detail, "another method or route")
+		assert.Contains(t, p.Detail, "another method or resource path")
 		method := a.do(req{method: "PATCH", path: "/things", key: key1, body: "x"})
 		assert.Equal(t, http.StatusConflict, method.status)
 		assert.Equal(t, int32(1), a.calls.Load())
@@ -282,6 +295,7 @@ var behaviours = []behaviour{
 		require.NoError(t, err)
 		hr.ContentLength = -1
 		hr.Header.Set("Idempotency-Key", key1)
+		hr.Header.Set("Authorization", defaultAuth)
 		res, err := a.srv.Client().Do(hr)
 		require.NoError(t, err)
 		res.Body.Close()
@@ -458,6 +472,7 @@ var behaviours = []behaviour{
 		go func() {
 			hr, _ := http.NewRequestWithContext(ctx, "POST", a.srv.URL+"/slow", strings.NewReader("x"))
 			hr.Header.Set("Idempotency-Key", key1)
+			hr.Header.Set("Authorization", defaultAuth)
 			_, err := a.srv.Client().Do(hr)
 			gone <- err
 		}()
@@ -809,6 +824,7 @@ func TestSpec2_OptionsPerGroupAndRoute(t *testing.T) {
 		if key != "" {
 			hr.Header.Set("Idempotency-Key", key)
 		}
+		hr.Header.Set("Authorization", defaultAuth)
 		res, err := srv.Client().Do(hr)
 		require.NoError(t, err)
 		res.Body.Close()
@@ -825,9 +841,9 @@ func TestSpec2_OptionsPerGroupAndRoute(t *testing.T) {
 }
 
 // TestSpec2_NestedMiddlewares: a global middleware and a group's own one on
-// the same route. The outer one handles a keyed request (the inner one steps
-// aside rather than find the key in flight); a request without a key passes
-// the outer one and meets the inner one's RequireKey.
+// the same route. The inner one handles the key, keyed or not (SPEC 28): the
+// outer one steps aside rather than hold the key the inner one would find
+// in flight, and a request without a key meets the inner one's RequireKey.
 func TestSpec2_NestedMiddlewares(t *testing.T) {
 	store := idem.NewMemoryStore() // shared, as a Redis store would be
 	r := gin.New()
@@ -842,6 +858,7 @@ func TestSpec2_NestedMiddlewares(t *testing.T) {
 		if key != "" {
 			hr.Header.Set("Idempotency-Key", key)
 		}
+		hr.Header.Set("Authorization", defaultAuth)
 		res, err := srv.Client().Do(hr)
 		require.NoError(t, err)
 		res.Body.Close()

@@ -66,7 +66,34 @@ type keyError string
 
 func (e keyError) Error() string { return string(e) }
 
-// readKey returns the request's key, "" when it has none, or a keyError.
+// canonicalKey returns a UUID in lower case: UUID text is case-insensitive,
+// so the same UUID in upper, lower or mixed case is one key, whatever the
+// validator. Any other key is compared as sent.
+func canonicalKey(key string) string {
+	if len(key) != 36 {
+		return key
+	}
+	upper := false
+	for i := 0; i < len(key); i++ {
+		switch c := key[i]; {
+		case i == 8 || i == 13 || i == 18 || i == 23:
+			if c != '-' {
+				return key
+			}
+		case '0' <= c && c <= '9', 'a' <= c && c <= 'f':
+		case 'A' <= c && c <= 'F':
+			upper = true
+		default:
+			return key
+		}
+	}
+	if !upper {
+		return key
+	}
+	return strings.ToLower(key)
+}
+
+// readKey returns the request's canonical key, "" when it has none, or a keyError.
 // Every line of every configured header counts; two different values are an
 // error.
 func readKey(h http.Header, names []string, validate KeyValidator) (string, error) {
@@ -77,6 +104,7 @@ func readKey(h http.Header, names []string, validate KeyValidator) (string, erro
 			if err != nil {
 				return "", err
 			}
+			k = canonicalKey(k)
 			if key != "" && k != key {
 				return "", keyError("the request carries two different idempotency keys")
 			}

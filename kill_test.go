@@ -25,7 +25,7 @@ import (
 func TestSpec10_KilledChildProcess(t *testing.T) {
 	addr := os.Getenv("IDEM_KILL_CHILD_REDIS")
 	if addr == "" {
-		return // only meaningful as the child of the test below
+		t.Skip("the child process of TestSpec10_ProcessKilledMidRequest; runs only as that child")
 	}
 	client := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true})
 	store := idem.NewRedisStore(client, idem.WithRedisKeyPrefix(os.Getenv("IDEM_KILL_CHILD_PREFIX")))
@@ -61,6 +61,7 @@ func TestSpec10_ProcessKilledMidRequest(t *testing.T) {
 	send := func(url string) *http.Response {
 		hr, _ := http.NewRequest("POST", url+"/pay", strings.NewReader(`{"amount":1}`))
 		hr.Header.Set("Idempotency-Key", key1)
+		hr.Header.Set("Authorization", defaultAuth)
 		res, err := http.DefaultClient.Do(hr)
 		if err != nil {
 			return nil

@@ -17,9 +17,11 @@ var ErrStoreFull = errors.New("idempotency: memory store is full of in-flight re
 // middleware's default. It is safe for concurrent use.
 //
 // It is bounded by entries and bytes: when a new key would exceed a bound,
-// the least recently used completed records are evicted; in-flight records
-// are never evicted. Expired records are reclaimed lazily, on access and
-// while making room, so the store runs no goroutine and needs no Close.
+// expired in-flight records and the expired completed records at the least
+// recently used end are reclaimed first, then the least recently used live
+// completed records are evicted; live in-flight records are never evicted.
+// Expired records are reclaimed lazily, on access and while making room, so
+// the store runs no goroutine and needs no Close.
 //
 // A MemoryStore shares keys only within one process; use a Redis store to
 // share them between replicas.
@@ -27,6 +29,7 @@ type MemoryStore struct {
 	mu         sync.Mutex
 	records    map[string]*memoryEntry
 	completed  memoryEntry // sentinel of the LRU ring of completed records: next is the most recent
+	inFlight   memoryEntry // sentinel of the ring of in-flight records, in no particular order
 	bytes      int64
 	seq        uint64 // source of fencing tokens: unique within the store
 	maxEntries int
@@ -38,7 +41,7 @@ type memoryEntry struct {
 	key        string
 	rec        Record
 	size       int64
-	prev, next *memoryEntry // LRU ring links; nil while in flight
+	prev, next *memoryEntry // links in the ring of its state: in flight or completed
 }
 
 // MemoryStoreOption configures a [MemoryStore].
@@ -89,7 +92,9 @@ func NewMemoryStore(opts ...MemoryStoreOption) *MemoryStore {
 	for _, opt := range opts {
 		opt(s)
 	}
-	s.completed.prev, s.completed.next = &s.completed, &s.completed
+	for _, ring := range []*memoryEntry{&s.completed, &s.inFlight} {
+		ring.prev, ring.next = ring, ring
+	}
 	return s
 }
 
@@ -118,8 +123,7 @@ func (s *MemoryStore) Acquire(ctx context.Context, key string, claim *Record, le
 	now := s.now()
 	if e := s.live(key, now); e != nil {
 		if e.rec.State == Completed {
-			s.unlink(e)
-			s.pushFront(e)
+			s.touch(e)
 			return "", &e.rec, nil // never changed again: read-only for the caller
 		}
 		held := e.rec // an in-flight record changes on Extend and Complete
@@ -154,7 +158,7 @@ func (s *MemoryStore) Complete(ctx context.Context, key, token string, rec *Reco
 	if e == nil {
 		return ErrNotOwner
 	}
-	// The entry keeps its map slot; only its size and LRU place change.
+	// The entry keeps its map slot; only its size and ring change.
 	s.bytes -= e.size
 	e.rec = *rec
 	e.rec.State = Completed
@@ -162,7 +166,7 @@ func (s *MemoryStore) Complete(ctx context.Context, key, token string, rec *Reco
 	e.rec.ExpiresAt = now.Add(ttl)
 	e.size = recordSize(key, &e.rec)
 	s.bytes += e.size
-	s.pushFront(e)
+	s.touch(e) // from the in-flight ring to the front of the LRU ring
 	if !s.makeRoom(0, 0, now, e) {
 		// Only in-flight records are left and this one does not fit: keep
 		// nothing, so that a retry runs again rather than blocking the key.
@@ -203,112 +207,15 @@ func (s *MemoryStore) Extend(ctx context.Context, key, token string, lease time.
 	return nil
 }
 
-// live returns the unexpired entry for key, reclaiming an expired one.
-func (s *MemoryStore) live(key string, now time.Time) *memoryEntry {
-	e := s.records[key]
-	if e == nil {
-		return nil
+// Delete implements [Store]: it removes the record for key, in flight or
+// completed. A request that still runs under the deleted record can no
+// longer complete, release or extend it.
+func (s *MemoryStore) Delete(ctx context.Context, key string) error {
+	if err := ctx.Err(); err != nil {
+		return err
 	}
-	if !now.Before(e.rec.ExpiresAt) {
-		s.remove(e)
-		return nil
-	}
-	return e
-}
-
-// owned returns the live in-flight entry for key held by token.
-func (s *MemoryStore) owned(key, token string, now time.Time) *memoryEntry {
-	e := s.live(key, now)
-	if e == nil || e.rec.State != InFlight || e.rec.Token != token {
-		return nil
-	}
-	return e
-}
-
-func (s *MemoryStore) put(e *memoryEntry) {
-	if e.rec.State == Completed {
-		s.pushFront(e)
-	}
-	s.records[e.key] = e
-	s.bytes += e.size
-}
-
-func (s *MemoryStore) remove(e *memoryEntry) {
-	if e.next != nil {
-		s.unlink(e)
-	}
-	delete(s.records, e.key)
-	s.bytes -= e.size
-}
-
-// pushFront makes e the most recently used completed record.
-func (s *MemoryStore) pushFront(e *memoryEntry) {
-	e.prev, e.next = &s.completed, s.completed.next
-	e.prev.next, e.next.prev = e, e
-}
-
-func (s *MemoryStore) unlink(e *memoryEntry) {
-	e.prev.next, e.next.prev = e.next, e.prev
-	e.prev, e.next = nil, nil
-}
-
-// oldest returns the least recently used completed record, or nil.
-func (s *MemoryStore) oldest() *memoryEntry {
-	if e := s.completed.prev; e != &s.completed {
-		return e
-	}
+	s.forget(key)
 	return nil
-}
-
-// fits reports whether entries more records of size more bytes fit within
-// the bounds.
-func (s *MemoryStore) fits(entries int, size int64) bool {
-	return len(s.records)+entries <= s.maxEntries && s.bytes+size <= s.maxBytes
-}
-
-// makeRoom evicts completed records, least recently used first but never
-// spare, until entries more records of size more bytes fit within the
-// bounds. When the completed records are not enough, it reclaims expired
-// in-flight records. It reports whether they fit.
-func (s *MemoryStore) makeRoom(entries int, size int64, now time.Time, spare *memoryEntry) bool {
-	s.reclaimExpiredTail(now, spare) // expired records go before live ones
-	for e := s.oldest(); !s.fits(entries, size) && e != nil && e != spare; e = s.oldest() {
-		s.remove(e)
-	}
-	if s.fits(entries, size) {
-		return true
-	}
-	for _, e := range s.records {
-		if !now.Before(e.rec.ExpiresAt) {
-			s.remove(e)
-		}
-	}
-	return s.fits(entries, size)
-}
-
-// reclaimExpiredTail drops a few expired records from the least recently
-// used end, so that a quiet store gives memory back without a janitor.
-func (s *MemoryStore) reclaimExpiredTail(now time.Time, spare *memoryEntry) {
-	for i := 0; i < 2; i++ {
-		e := s.oldest()
-		if e == nil || e == spare || now.Before(e.rec.ExpiresAt) {
-			return
-		}
-		s.remove(e)
-	}
-}
-
-// recordSize approximates the memory a record takes, for the byte bound.
-func recordSize(key string, r *Record) int64 {
-	const overhead = 160 // entry, record and map slot
-	n := overhead + len(key) + len(r.Token) + len(r.Fingerprint) + len(r.Method) + len(r.Path) + len(r.Body)
-	for name, values := range r.Header {
-		n += len(name) + 16
-		for _, v := range values {
-			n += len(v) + 16
-		}
-	}
-	return int64(n)
 }
 
 // peek returns the live completed record for key, or nil; it
@@ -321,8 +228,7 @@ func (s *MemoryStore) peek(key string) *Record {
 	if e == nil || e.rec.State != Completed {
 		return nil
 	}
-	s.unlink(e)
-	s.pushFront(e)
+	s.touch(e)
 	return &e.rec // a completed record never changes: read-only for the caller
 }
 
@@ -343,5 +249,15 @@ func (s *MemoryStore) keep(key string, rec *Record) {
 	e.size = recordSize(key, &e.rec)
 	if s.makeRoom(1, e.size, now, nil) {
 		s.put(e)
+	}
+}
+
+// forget removes the record for key, if any. It serves Delete and the Redis
+// store's local cache.
+func (s *MemoryStore) forget(key string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e := s.records[key]; e != nil {
+		s.remove(e)
 	}
 }

@@ -107,3 +107,32 @@ func TestSpec24_MemoryStoreFullOfInFlightRecords(t *testing.T) {
 	assert.NotEmpty(t, token)
 	assert.Equal(t, 1, s.Len())
 }
+
+// TestSpec24_ExpiredInFlightGoesBeforeLiveCompleted: at the entry bound, an
+// in-flight record whose lease ran out makes room for a new key; the live
+// completed record stays, so its retry is still a replay.
+func TestSpec24_ExpiredInFlightGoesBeforeLiveCompleted(t *testing.T) {
+	clock := newFakeClock()
+	s := idem.NewMemoryStore(idem.WithMaxEntries(3), idem.WithClock(clock.Now))
+	ctx := context.Background()
+	token, _, err := s.Acquire(ctx, "live", testClaim, time.Minute)
+	require.NoError(t, err)
+	require.NoError(t, s.Complete(ctx, "live", token, &idem.Record{State: idem.Completed, Status: 201}, time.Hour))
+	_, _, err = s.Acquire(ctx, "stale", testClaim, time.Minute)
+	require.NoError(t, err)
+	_, _, err = s.Acquire(ctx, "running", testClaim, time.Hour) // in flight behind the stale one
+	require.NoError(t, err)
+	clock.Advance(2 * time.Minute)
+
+	token, held, err := s.Acquire(ctx, "new", testClaim, time.Minute)
+	require.NoError(t, err)
+	assert.NotEmpty(t, token)
+	assert.Nil(t, held)
+	assert.Equal(t, 3, s.Len())
+	for key, state := range map[string]idem.State{"live": idem.Completed, "running": idem.InFlight} {
+		_, held, err = s.Acquire(ctx, key, testClaim, time.Minute)
+		require.NoError(t, err)
+		require.NotNil(t, held, "%s is kept", key)
+		assert.Equal(t, state, held.State, key)
+	}
+}

@@ -29,6 +29,7 @@ type config struct {
 	required       bool
 	methods        []string
 	scope          func(*gin.Context) string
+	anonymous      bool
 	fingerprint    []FingerprintPart
 	maxBody        int64
 	maxResponse    int
@@ -48,7 +49,7 @@ type config struct {
 // compression middleware means nothing without it.
 var defaultReplayHeaders = []string{
 	"Location", "Content-Type", "Content-Encoding", "Content-Language",
-	"Cache-Control", "ETag", "Last-Modified", "Link",
+	"Cache-Control", "ETag", "Last-Modified", "Link", "Vary",
 }
 
 func defaultConfig() *config {
@@ -172,10 +173,13 @@ func WithMethods(methods ...string) Option {
 
 // WithScope sets who owns a key: a function of the request that returns the
 // caller's identity, such as a user id, tenant or API key (default
-// [AuthorizationScope]). The middleware only keeps its SHA-256, and the same
-// key from another scope is another record.
+// [AuthorizationScope], a fallback). The middleware only keeps its SHA-256,
+// and the same key from another scope is another record, so one caller
+// never receives another's stored response. An empty scope means the
+// caller is unknown: a keyed request gets 400 unless [AllowAnonymousKeys]
+// is set. [ScopeFromContext] reads the id the authentication middleware set.
 //
-//	idempotency.WithScope(func(c *gin.Context) string { return c.GetString("user") })
+//	idempotency.WithScope(idempotency.ScopeFromContext("user_id"))
 func WithScope(scope func(*gin.Context) string) Option {
 	if scope == nil {
 		panic("idempotency: WithScope(nil)")
@@ -183,9 +187,19 @@ func WithScope(scope func(*gin.Context) string) Option {
 	return optionFunc(func(c *config) { c.scope = scope })
 }
 
+// AllowAnonymousKeys lets callers with an empty scope use keys, on public
+// endpoints where no caller is known. Every anonymous caller then shares
+// one scope, so the key is the only secret: anyone who sends another's key
+// and payload receives that caller's stored response. Without this option a
+// keyed request with an empty scope gets a 400 problem, because the
+// service cannot tell its callers apart.
+func AllowAnonymousKeys() Option {
+	return optionFunc(func(c *config) { c.anonymous = true })
+}
+
 // WithFingerprint sets what identifies a request's payload (default
 // QueryString() and RawBody()). Parts compose: the fingerprint is a SHA-256
-// over each part in turn, after the method and route.
+// over each part in turn, after the method and the path.
 //
 //	idempotency.WithFingerprint(idempotency.CanonicalJSON(), idempotency.Headers("Tenant"))
 func WithFingerprint(parts ...FingerprintPart) Option {
@@ -213,7 +227,7 @@ func WithMaxResponseBytes(n int) Option {
 
 // WithReplayHeaders adds response headers to the replayable list (Location,
 // Content-Type, Content-Encoding, Content-Language, Cache-Control, ETag,
-// Last-Modified, Link). Date, Set-Cookie and hop-by-hop headers are
+// Last-Modified, Link, Vary). Date, Set-Cookie and hop-by-hop headers are
 // replayed only when added here.
 func WithReplayHeaders(names ...string) Option {
 	return optionFunc(func(c *config) {

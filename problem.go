@@ -17,6 +17,7 @@ const (
 	ProblemBodyTooLarge     = "https://ginidem.dev/problems/body-too-large"
 	ProblemInvalidBody      = "https://ginidem.dev/problems/invalid-body"
 	ProblemStoreUnavailable = "https://ginidem.dev/problems/store-unavailable"
+	ProblemUnknownCaller    = "https://ginidem.dev/problems/unknown-caller"
 )
 
 // Problem is an RFC 9457 problem detail, the body of every answer the

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"net"
 	"net/http"
+	"slices"
 
 	"github.com/gin-gonic/gin"
 )
@@ -13,10 +14,16 @@ import (
 // when the header is sent, and the body up to a cap. It never buffers
 // before writing, so streaming works as without it. A flushed, hijacked or
 // over-cap response is marked as having no replayable body.
+//
+// Only what is written inside the middleware counts: a header an outer
+// middleware set before the handler ran (an outer gzip's Content-Encoding)
+// is set again by that middleware on a replay, so it is not recorded.
 type recorder struct {
 	gin.ResponseWriter
 	replayable map[string]bool // canonical header names to snapshot
 	maxBody    int
+	preset     []presetHeader // replayable headers set before the handler ran
+	presetBuf  [2]presetHeader
 
 	statusSet bool        // the handler called WriteHeader
 	sent      bool        // the header was snapshotted when it was sent
@@ -24,6 +31,13 @@ type recorder struct {
 	header    http.Header // replayable subset, snapshotted when sent
 	body      []byte
 	omitted   bool // flushed, hijacked or over the cap
+	broken    bool // a 5xx was written over a sent status: a recovery caught a panic
+}
+
+// presetHeader is a header's values as they were before the handler ran.
+type presetHeader struct {
+	name   string
+	values []string
 }
 
 var (
@@ -34,9 +48,26 @@ var (
 	_ interface{ Unwrap() http.ResponseWriter } = (*recorder)(nil)
 )
 
+// start wraps w for one request and notes the replayable headers that are
+// already set, so that they are left out of the record.
+func (r *recorder) start(w gin.ResponseWriter, replayable map[string]bool, maxBody int) {
+	r.ResponseWriter, r.replayable, r.maxBody = w, replayable, maxBody
+	r.preset = r.presetBuf[:0]
+	for name, values := range w.Header() {
+		if replayable[name] {
+			r.preset = append(r.preset, presetHeader{name, values})
+		}
+	}
+}
+
 // WriteHeader records that the handler chose a status. Gin sends it with
-// the first write, or after the handlers when nothing is written.
+// the first write, or after the handlers when nothing is written. A 5xx
+// over a status already sent is how a recovery middleware mounted inside
+// this one answers a panic: the response is broken and is not kept.
 func (r *recorder) WriteHeader(code int) {
+	if code >= 500 && r.ResponseWriter.Written() && code != r.ResponseWriter.Status() {
+		r.broken = true
+	}
 	r.statusSet = true
 	r.ResponseWriter.WriteHeader(code)
 }
@@ -91,14 +122,32 @@ func (r *recorder) snapshot() {
 	}
 	r.sent = true
 	r.status = r.ResponseWriter.Status()
+	n := 0
 	for name, values := range r.ResponseWriter.Header() {
-		if r.replayable[name] {
-			if r.header == nil {
-				r.header = make(http.Header, len(r.replayable))
-			}
+		if r.replayable[name] && !r.isPreset(name, values) {
+			n++
+		}
+	}
+	if n == 0 {
+		return
+	}
+	r.header = make(http.Header, n)
+	for name, values := range r.ResponseWriter.Header() {
+		if r.replayable[name] && !r.isPreset(name, values) {
 			r.header[name] = values[:len(values):len(values)] // shared: Set and Add never change these elements
 		}
 	}
+}
+
+// isPreset reports whether name still has the values it had before the
+// handler ran.
+func (r *recorder) isPreset(name string, values []string) bool {
+	for _, p := range r.preset {
+		if p.name == name {
+			return slices.Equal(p.values, values)
+		}
+	}
+	return false
 }
 
 // fits reports whether n more body bytes are to be recorded; past the cap

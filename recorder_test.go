@@ -31,6 +31,7 @@ func postKey(t *testing.T, srv *httptest.Server, key string) *http.Response {
 	hr, err := http.NewRequest(http.MethodPost, srv.URL+"/x", strings.NewReader("body"))
 	require.NoError(t, err)
 	hr.Header.Set("Idempotency-Key", key)
+	hr.Header.Set("Authorization", defaultAuth)
 	res, err := srv.Client().Do(hr)
 	require.NoError(t, err)
 	t.Cleanup(func() { res.Body.Close() })

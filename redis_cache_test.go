@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -59,4 +60,26 @@ func TestRedisLocalCache_NeverServedAfterTTL(t *testing.T) {
 	r := postOrder(httpClient, a.srv, redisHTTPKey)
 	assert.False(t, r.replayed(), "the cached copy expired no later than Redis' own")
 	assert.Equal(t, int32(2), runs.Load())
+}
+
+// TestSpec29_RedisDeleteDropsTheLocalCache: a record this instance serves
+// from its local cache is no longer served once deleted.
+func TestSpec29_RedisDeleteDropsTheLocalCache(t *testing.T) {
+	forEachRedis(t, func(t *testing.T, client redis.UniversalClient, prefix string, _ func(time.Duration)) {
+		ctx := storeCtx(t)
+		s := idem.NewRedisStore(client, idem.WithRedisKeyPrefix(prefix))
+		token, _, err := s.Acquire(ctx, "k", testClaim, time.Minute)
+		require.NoError(t, err)
+		require.NoError(t, s.Complete(ctx, "k", token, completed(201, "{}"), time.Hour))
+		require.NoError(t, client.Del(ctx, prefix+"{k}").Err()) // now only the local cache holds it
+		_, held, err := s.Acquire(ctx, "k", testClaim, time.Minute)
+		require.NoError(t, err)
+		require.NotNil(t, held, "served from the local cache")
+
+		require.NoError(t, s.Delete(ctx, "k"))
+		fresh, held, err := s.Acquire(ctx, "k", testClaim, time.Minute)
+		require.NoError(t, err)
+		assert.Nil(t, held, "the cached copy is gone too")
+		assert.NotEmpty(t, fresh)
+	})
 }

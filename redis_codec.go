@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net/http"
 )
 
 // ErrCorruptRecord is returned by [RedisStore.Acquire] when the value under a
@@ -29,6 +28,7 @@ var ErrCorruptRecord = errors.New("idempotency: corrupt record in the Redis stor
 //	             flags byte (bit 0: BodyOmitted)
 //	             uvarint header count, then per header: uvarint length +
 //	             name, uvarint value count, per value uvarint length + value
+//	             (bounded in number and size: see redis_headers.go)
 //	             uvarint length + body
 //
 // A record must end exactly after its body, so a truncated value or one
@@ -135,10 +135,10 @@ func appendString(b []byte, s string) []byte {
 }
 
 // decodeRecord reads a stored record of at most maxSize bytes. Every length
-// is checked against the bytes left, and nothing is sized by a count before
-// the data behind it has decoded, so a corrupt or foreign value costs a
-// small multiple of its own size at most and returns an error wrapping
-// ErrCorruptRecord, never a panic. The record's
+// and count is checked against the bytes left, headers also against the
+// bounds of redis_headers.go, before anything is sized by it, so a corrupt
+// or foreign value costs a small multiple of its own size at most and
+// returns an error wrapping ErrCorruptRecord, never a panic. The record's
 // ExpiresAt is left for the caller, which knows the key's PTTL.
 func decodeRecord(v string, maxSize int) (*Record, error) {
 	if len(v) > maxSize {
@@ -172,25 +172,7 @@ func decodeRecord(v string, maxSize int) (*Record, error) {
 		d.fail("unknown flags %#x", flags)
 	}
 	rec.BodyOmitted = flags&flagBodyOmitted != 0
-	// Every header takes at least two bytes (name length, value count), and
-	// every value at least one: counts are bounded by the bytes left. Maps
-	// and slices start small and grow only with what actually decodes, so a
-	// count that lies costs nothing up front.
-	if n := d.count("header count", 2); n > 0 {
-		rec.Header = make(http.Header, min(n, 16))
-		for i := 0; i < n && d.err == nil; i++ {
-			name := d.string("header name")
-			count := d.count("header value count", 1)
-			values := make([]string, 0, min(count, 4))
-			for j := 0; j < count && d.err == nil; j++ {
-				values = append(values, d.string("header value"))
-			}
-			if prev, dup := rec.Header[name]; dup {
-				values = append(prev, values...)
-			}
-			rec.Header[name] = values
-		}
-	}
+	rec.Header = d.header()
 	body := d.string("body")
 	if d.err == nil && len(d.rest) > 0 {
 		d.fail("%d bytes after the body", len(d.rest))

@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
+	"fmt"
 	"net/http"
 	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -234,5 +237,84 @@ func TestSpec25_LyingCountsAllocateLittle(t *testing.T) {
 		runtime.ReadMemStats(&after)
 		assert.ErrorIs(t, err, ErrCorruptRecord)
 		assert.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(4*len(v)), "bytes allocated to refuse %d bytes", len(v))
+	}
+}
+
+// TestSpec25_ManyTinyHeadersAreRefused: a value under the size bound made of
+// a great many tiny headers is refused, at a cost far below its size, rather
+// than decoded into a map of that many headers.
+func TestSpec25_ManyTinyHeadersAreRefused(t *testing.T) {
+	rec := &Record{State: Completed, Status: 200, Header: http.Header{}}
+	for i := 0; len(encodeRecord(Completed, newRedisToken(), rec)) < 1<<20-64; i += 1000 {
+		for j := i; j < i+1000; j++ {
+			rec.Header["X"+strconv.FormatInt(int64(j), 36)] = []string{""}
+		}
+	}
+	value := string(encodeRecord(Completed, newRedisToken(), rec))
+	require.LessOrEqual(t, len(value), DefaultRedisMaxRecordSize)
+	t.Logf("%d headers in %d bytes", len(rec.Header), len(value))
+
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	_, err := decodeRecord(value, DefaultRedisMaxRecordSize)
+	runtime.ReadMemStats(&after)
+	assert.ErrorIs(t, err, ErrCorruptRecord)
+	assert.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(len(value)), "bytes allocated to refuse %d bytes", len(value))
+	allocs := testing.AllocsPerRun(10, func() { _, _ = decodeRecord(value, DefaultRedisMaxRecordSize) })
+	assert.Less(t, allocs, 32.0, "allocations to refuse it")
+}
+
+// TestSpec25_HeaderBounds: the headers of a record are bounded in number,
+// values and bytes, and hold only valid, canonical names and valid values.
+func TestSpec25_HeaderBounds(t *testing.T) {
+	many := func(names, valuesEach int, value string) http.Header {
+		h := http.Header{}
+		for i := range names {
+			h[fmt.Sprintf("X-H%d", i)] = slices.Repeat([]string{value}, valuesEach)
+		}
+		return h
+	}
+	refused := map[string]http.Header{
+		"too many names":            many(maxHeaderNames+1, 1, "v"),
+		"too many values":           many(2, maxHeaderValues/2+1, "v"),
+		"too many values, one name": {"Link": slices.Repeat([]string{"<a>"}, maxHeaderValues+1)},
+		"too many bytes":            {"X-Big": {strings.Repeat("v", maxHeaderBytes-len("X-Big")+1)}},
+		"empty name":                {"": {"v"}},
+		"space in name":             {"X Bad": {"v"}},
+		"colon in name":             {"X:Bad": {"v"}},
+		"non-ASCII name":            {"X-Caf\u00e9": {"v"}},
+		"lower-case name":           {"content-type": {"text/plain"}},
+		"upper-case name":           {"X-FOO": {"v"}},
+		"CR LF in value":            {"Location": {"/a\r\nSet-Cookie: x=1"}},
+		"LF in value":               {"Location": {"/a\nb"}},
+		"NUL in value":              {"X-V": {"a\x00b"}},
+	}
+	for name, h := range refused {
+		t.Run("refused/"+name, func(t *testing.T) {
+			rec := &Record{State: Completed, Status: 200, Header: h}
+			assert.False(t, headerWithinBounds(h))
+			_, err := decodeRecord(string(encodeRecord(Completed, newRedisToken(), rec)), DefaultRedisMaxRecordSize)
+			assert.ErrorIs(t, err, ErrCorruptRecord)
+		})
+	}
+	accepted := map[string]http.Header{
+		"as many names as allowed":  many(maxHeaderNames, 1, "v"),
+		"as many values as allowed": many(4, maxHeaderValues/4, "v"),
+		"as many bytes as allowed":  {"X-Big": {strings.Repeat("v", maxHeaderBytes-len("X-Big"))}},
+		"a few headers and a Link": {
+			"Content-Type": {"application/json"}, "Etag": {`"abc"`}, "X-Empty": {""}, "X-Tab": {"a\tb"},
+			"Link": {"</p/2>; rel=next", "</p/9>; rel=last", "</p/1>; rel=first"},
+		},
+	}
+	for name, h := range accepted {
+		t.Run("accepted/"+name, func(t *testing.T) {
+			rec := &Record{State: Completed, Status: 200, Header: h, Body: []byte("ok")}
+			assert.True(t, headerWithinBounds(h))
+			got, err := decodeRecord(string(encodeRecord(Completed, newRedisToken(), rec)), DefaultRedisMaxRecordSize)
+			require.NoError(t, err)
+			assert.Equal(t, h, got.Header)
+			assert.Equal(t, rec.Body, got.Body)
+		})
 	}
 }

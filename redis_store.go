@@ -33,63 +33,6 @@ type RedisStore struct {
 	cacheBytes   int64
 }
 
-// DefaultRedisMaxRecordSize is the default largest record a [RedisStore]
-// writes or reads: room for the middleware's default 1 MiB body cap plus
-// 64 KiB of fingerprint, route and headers.
-const DefaultRedisMaxRecordSize = 1<<20 + 64<<10
-
-// RedisStoreOption configures a [RedisStore].
-type RedisStoreOption func(*RedisStore)
-
-// WithRedisKeyPrefix sets the prefix of every key a [RedisStore] writes
-// (default "idem:"). Give each service its own prefix when services share a
-// Redis. The prefix must not contain '{' or '}': Redis Cluster would hash
-// the prefix's braces instead of the record's key, and put every record in
-// one slot.
-//
-//	store := idempotency.NewRedisStore(rdb, idempotency.WithRedisKeyPrefix("orders:idem:"))
-func WithRedisKeyPrefix(prefix string) RedisStoreOption {
-	return func(s *RedisStore) { s.prefix = prefix }
-}
-
-// WithRedisMaxRecordSize bounds the encoded size of a record, in bytes
-// (default [DefaultRedisMaxRecordSize]). Acquire refuses to decode a larger
-// value under a record's key ([ErrCorruptRecord]) without reading it out of
-// Redis. Complete stores a completed record that would be larger without
-// its body, as if the body had been over the middleware's cap: duplicates
-// get 409 with the stored Location instead of a replay. Keep it above the
-// middleware's body cap. Values below 1 are ignored.
-func WithRedisMaxRecordSize(n int) RedisStoreOption {
-	return func(s *RedisStore) {
-		if n > 0 {
-			s.maxSize = n
-		}
-	}
-}
-
-// WithRedisLocalCache bounds the in-process cache of completed records in
-// front of Redis (default 10,000 records and 32 MiB; 0 and 0 turn it off).
-// A completed record never changes until it expires, so a replay, a
-// mismatch or a 409 for a record this process has seen is answered from the
-// cache, without a round trip; each cached record expires no later than its
-// Redis copy. A new key and an in-flight check always go to Redis, so
-// correctness across processes is unchanged. The cache is a [MemoryStore]:
-// least recently used records go first.
-func WithRedisLocalCache(maxEntries int, maxBytes int64) RedisStoreOption {
-	return func(s *RedisStore) { s.cacheEntries, s.cacheBytes = maxEntries, maxBytes }
-}
-
-// WithRedisClock replaces the clock of a [RedisStore]'s local cache, for
-// tests that move time forward on Redis. Redis keeps its own time for every
-// expiry it enforces.
-func WithRedisClock(now func() time.Time) RedisStoreOption {
-	return func(s *RedisStore) {
-		if now != nil {
-			s.now = now
-		}
-	}
-}
-
 // NewRedisStore returns a [RedisStore] on client: a *redis.Client,
 // *redis.ClusterClient, failover client or any other
 // [redis.UniversalClient]. It panics when client is nil.
@@ -225,7 +168,10 @@ return 1
 
 // Complete implements [Store]: one round trip. A record that would exceed
 // the maximum record size is stored without its body (see
-// [WithRedisMaxRecordSize]).
+// [WithRedisMaxRecordSize]). So is a record with more than 64 headers, 256
+// header values or 64 KiB of header names and values, or with an invalid or
+// non-canonical header name or an invalid value: it keeps only its
+// Location header, so that duplicates get 409 with it.
 func (s *RedisStore) Complete(ctx context.Context, key, token string, rec *Record, ttl time.Duration) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -235,11 +181,12 @@ func (s *RedisStore) Complete(ctx context.Context, key, token string, rec *Recor
 		return ErrNotOwner
 	}
 	stored := rec
-	value := encodeRecord(Completed, owner, rec)
-	if len(value) > s.maxSize && !rec.BodyOmitted {
-		bodiless := *rec
-		bodiless.Body, bodiless.BodyOmitted = nil, true
-		stored = &bodiless
+	if !headerWithinBounds(rec.Header) {
+		stored = withoutBody(rec, locationOnly(rec.Header)) // rather than a value Acquire refuses
+	}
+	value := encodeRecord(Completed, owner, stored)
+	if len(value) > s.maxSize && !stored.BodyOmitted {
+		stored = withoutBody(stored, stored.Header)
 		value = encodeRecord(Completed, owner, stored)
 	}
 	if len(value) > s.maxSize {
@@ -318,6 +265,26 @@ func (s *RedisStore) Extend(ctx context.Context, key, token string, lease time.D
 	}
 	if n != 1 {
 		return ErrNotOwner
+	}
+	return nil
+}
+
+// Delete implements [Store]: one round trip, a DEL of the record's key,
+// whatever it holds. It also drops the record from this instance's local
+// cache; other instances that cached it may replay it until it expires in
+// their caches (see [WithRedisLocalCache]).
+func (s *RedisStore) Delete(ctx context.Context, key string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	err := s.client.Del(ctx, s.redisKey(key)).Err()
+	if s.cache != nil {
+		// After the DEL: dropped before it, the record could be cached
+		// again from Redis in between. Dropped even when the DEL failed.
+		s.cache.forget(key)
+	}
+	if err != nil {
+		return fmt.Errorf("idempotency: redis delete: %w", err)
 	}
 	return nil
 }

@@ -146,6 +146,52 @@ func TestSpec15_RedisOversizedRecordIsKeptWithoutBody(t *testing.T) {
 	})
 }
 
+// TestSpec25_RedisUnboundedHeadersAreKeptWithoutBody: a completed record
+// whose headers the decoder would refuse is kept without its body and with
+// its Location alone, so that duplicates get 409 with the Location rather
+// than a store failure until the record expires.
+func TestSpec25_RedisUnboundedHeadersAreKeptWithoutBody(t *testing.T) {
+	tooMany := http.Header{"Location": {"/things/1"}}
+	for i := range 100 {
+		tooMany[fmt.Sprintf("X-H%d", i)] = []string{"v"}
+	}
+	cases := map[string]struct {
+		header   http.Header
+		location []string // what is kept
+	}{
+		"too many headers":     {tooMany, []string{"/things/1"}},
+		"CR LF in a value":     {http.Header{"Location": {"/things/1"}, "X-Bad": {"a\r\nb"}}, []string{"/things/1"}},
+		"a non-canonical name": {http.Header{"Location": {"/things/1"}, "x-lower": {"v"}}, []string{"/things/1"}},
+		"an invalid Location":  {http.Header{"Location": {"/things/1\n"}}, nil},
+		"no Location":          {http.Header{"Bad Name": {"v"}}, nil},
+	}
+	forEachRedis(t, func(t *testing.T, client redis.UniversalClient, prefix string, _ func(time.Duration)) {
+		for name, tc := range cases {
+			t.Run(name, func(t *testing.T) {
+				ctx := storeCtx(t)
+				s := idem.NewRedisStore(client, idem.WithRedisKeyPrefix(prefix))
+				rec := completed(201, `{"id":1}`)
+				rec.Header = tc.header
+				token, _, err := s.Acquire(ctx, name, testClaim, time.Minute)
+				require.NoError(t, err)
+				require.NoError(t, s.Complete(ctx, name, token, rec, time.Hour))
+
+				uncached := idem.NewRedisStore(client, idem.WithRedisKeyPrefix(prefix), idem.WithRedisLocalCache(0, 0))
+				for store, s := range map[string]idem.Store{"from Redis": uncached, "from the local cache": s} {
+					_, held, err := s.Acquire(ctx, name, testClaim, time.Minute)
+					require.NoError(t, err, store)
+					require.NotNil(t, held, store)
+					assert.Equal(t, 201, held.Status, store)
+					assert.True(t, held.BodyOmitted, store)
+					assert.Empty(t, held.Body, store)
+					assert.Equal(t, tc.location, held.Header["Location"], store)
+					assert.LessOrEqual(t, len(held.Header), 1, store)
+				}
+			})
+		}
+	})
+}
+
 // assertCorruptRefused: with a value under "k" that is not a record,
 // Acquire is an ErrCorruptRecord (never a panic) and the other steps find
 // no owner.

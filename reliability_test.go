@@ -59,6 +59,7 @@ var faults = []behaviour{
 					key := keys[(w*7+i)%50]
 					hr, _ := http.NewRequest("POST", srv.URL+"/pay", strings.NewReader(`{"amount":1}`))
 					hr.Header.Set("Idempotency-Key", key)
+					hr.Header.Set("Authorization", defaultAuth)
 					res, err := srv.Client().Do(hr)
 					if !assert.NoError(t, err) {
 						return
@@ -126,6 +127,7 @@ var faults = []behaviour{
 		send := func() (int, string, bool) {
 			hr, _ := http.NewRequest("POST", srv.URL+"/half", strings.NewReader("x"))
 			hr.Header.Set("Idempotency-Key", key1)
+			hr.Header.Set("Authorization", defaultAuth)
 			res, err := srv.Client().Do(hr)
 			if err != nil {
 				return 0, "", false // the connection may be cut mid-body
@@ -162,12 +164,14 @@ var faults = []behaviour{
 		hr, _ := http.NewRequest("POST", srv.URL+"/x", body)
 		hr.ContentLength = 100
 		hr.Header.Set("Idempotency-Key", key1)
+		hr.Header.Set("Authorization", defaultAuth)
 		if res, err := srv.Client().Do(hr); err == nil {
 			assert.Equal(t, http.StatusBadRequest, res.StatusCode)
 			res.Body.Close()
 		}
 		hr, _ = http.NewRequest("POST", srv.URL+"/x", strings.NewReader("x"))
 		hr.Header.Set("Idempotency-Key", key1)
+		hr.Header.Set("Authorization", defaultAuth)
 		res, err := srv.Client().Do(hr)
 		require.NoError(t, err)
 		res.Body.Close()

@@ -27,10 +27,11 @@ type Record struct {
 	// Token is the fencing token of the request that owns (InFlight) or
 	// wrote (Completed) the record.
 	Token string
-	// Fingerprint identifies the request payload, method and route of the
+	// Fingerprint identifies the request payload, method and path of the
 	// first use of the key (a SHA-256 sum).
 	Fingerprint []byte
-	// Method and Path are the HTTP method and Gin route of the first use.
+	// Method and Path are the HTTP method and the path actually requested
+	// (such as "/orders/42/submit", not the route pattern) of the first use.
 	Method, Path string
 	// Status is the response status code (Completed only).
 	Status int
@@ -82,4 +83,10 @@ type Store interface {
 	// Extend renews the lease of the InFlight record owned by token to
 	// lease from now. It returns ErrNotOwner when token does not own the key.
 	Extend(ctx context.Context, key, token string, lease time.Duration) error
+
+	// Delete removes the record for key, whatever its state, so that the
+	// next request with the key runs as new: an operator forgetting a key.
+	// The token of a deleted in-flight record no longer owns the key.
+	// Deleting a missing key is not an error.
+	Delete(ctx context.Context, key string) error
 }

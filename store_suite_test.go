@@ -256,6 +256,41 @@ func TestStoreConformance(t *testing.T) {
 			wg.Wait()
 			assert.Equal(t, int32(1), wins.Load())
 		}},
+		{"spec29/delete forgets a completed record", func(t *testing.T, s idem.Store, _ func(time.Duration)) {
+			ctx := storeCtx(t)
+			token, _, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			require.NoError(t, s.Complete(ctx, "k", token, &idem.Record{State: idem.Completed, Status: 201}, ttl))
+			require.NoError(t, s.Delete(ctx, "k"))
+			again, held, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			assert.Nil(t, held, "the key runs as new")
+			assert.NotEmpty(t, again)
+		}},
+		{"spec29/delete frees an in-flight key and the old token no longer owns it", func(t *testing.T, s idem.Store, _ func(time.Duration)) {
+			ctx := storeCtx(t)
+			old, _, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			require.NoError(t, s.Delete(ctx, "k"))
+			assert.ErrorIs(t, s.Extend(ctx, "k", old, lease), idem.ErrNotOwner)
+			assert.ErrorIs(t, s.Release(ctx, "k", old), idem.ErrNotOwner)
+			assert.ErrorIs(t, s.Complete(ctx, "k", old, &idem.Record{State: idem.Completed, Status: 200}, ttl), idem.ErrNotOwner)
+			fresh, held, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			require.Nil(t, held)
+			assert.NotEqual(t, old, fresh)
+			assert.ErrorIs(t, s.Complete(ctx, "k", old, &idem.Record{State: idem.Completed, Status: 200}, ttl), idem.ErrNotOwner,
+				"nor the new record")
+			require.NoError(t, s.Complete(ctx, "k", fresh, &idem.Record{State: idem.Completed, Status: 201}, ttl))
+		}},
+		{"spec29/deleting a missing key is no error", func(t *testing.T, s idem.Store, _ func(time.Duration)) {
+			ctx := storeCtx(t)
+			assert.NoError(t, s.Delete(ctx, "never"))
+			_, _, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			require.NoError(t, s.Delete(ctx, "k"))
+			assert.NoError(t, s.Delete(ctx, "k"), "twice")
+		}},
 		{"spec22/a cancelled context is an error", func(t *testing.T, s idem.Store, _ func(time.Duration)) {
 			ctx, cancel := context.WithCancel(context.Background())
 			cancel()

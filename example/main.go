@@ -217,7 +217,7 @@ func newRouter(cfg config, store idempotency.Store) *gin.Engine {
 			idempotency.WithStore(store),
 			idempotency.WithTTL(cfg.TTL),
 			idempotency.WithLease(cfg.Lease),
-			idempotency.WithScope(func(c *gin.Context) string { return c.GetString(userKey) }),
+			idempotency.WithScope(idempotency.ScopeFromContext(userKey)),
 		)
 	}
 	// write returns the handler chain of a write route.
