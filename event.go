@@ -27,9 +27,18 @@ const (
 	// EventUnknownCaller: a keyed request had an empty scope and got 400
 	// (see [AllowAnonymousKeys]).
 	EventUnknownCaller
+	// EventBreakerOpen: the store kept failing; keyed requests are answered
+	// at once without calling it (see [WithCircuitBreaker]). Breaker events
+	// belong to no request: only Kind is set.
+	EventBreakerOpen
+	// EventBreakerHalfOpen: the breaker lets one request probe the store.
+	EventBreakerHalfOpen
+	// EventBreakerClosed: the probe succeeded; the store is called again.
+	EventBreakerClosed
 )
 
-var eventNames = [...]string{"unknown", "acquired", "completed", "replayed", "conflict", "mismatch", "released", "store_error", "lost_lease", "unknown_caller"}
+var eventNames = [...]string{"unknown", "acquired", "completed", "replayed", "conflict", "mismatch", "released",
+	"store_error", "lost_lease", "unknown_caller", "breaker_open", "breaker_half_open", "breaker_closed"}
 
 // String returns the event's name, such as "replayed".
 func (k EventKind) String() string {

@@ -49,6 +49,7 @@ package idempotency
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -78,6 +79,7 @@ func New(opts ...Option) gin.HandlerFunc {
 	_, m.inProcess = m.store.(*MemoryStore)
 	m.leases = newRenewer(m)
 	m.chains = newChains(m.handle)
+	m.breaker = newBreaker(m)
 	return m.handle
 }
 
@@ -97,6 +99,7 @@ type middleware struct {
 	leases  *renewer
 	chains  *chains
 	bodies  bodyBuffers
+	breaker *breaker // nil when off
 	// inProcess is set for a store that answers from memory without I/O; its
 	// calls need no deadline timer.
 	inProcess bool
@@ -152,7 +155,7 @@ func (m *middleware) handle(c *gin.Context) {
 	case !bytes.Equal(held.Fingerprint, f.claim.Fingerprint):
 		m.mismatch(c, f, held)
 	case held.State == InFlight:
-		m.emit(c, f, EventConflict, http.StatusConflict, nil)
+		m.emit(c.Request.Context(), f, EventConflict, http.StatusConflict, nil)
 		c.Header("Retry-After", "1")
 		m.refuse(c, http.StatusConflict, ProblemInFlight, "Request in progress",
 			"a request with this idempotency key is still being processed; retry later")
@@ -179,7 +182,7 @@ func (m *middleware) prepare(c *gin.Context, f *flight, key string) bool {
 	f.claim = Record{Method: c.Request.Method, Path: c.Request.URL.Path}
 	scope := m.scope(c)
 	if scope == "" && !m.anonymous {
-		m.emit(c, f, EventUnknownCaller, http.StatusBadRequest, nil)
+		m.emit(c.Request.Context(), f, EventUnknownCaller, http.StatusBadRequest, nil)
 		m.refuse(c, http.StatusBadRequest, ProblemUnknownCaller, "Caller not identified",
 			"this service cannot tell callers apart for this request, so it cannot scope an idempotency key to its caller; authenticate, or send the request without a key")
 		return false
@@ -220,7 +223,7 @@ func (m *middleware) prepare(c *gin.Context, f *flight, key string) bool {
 // run runs the handler under the recorder while keeping the lease, then
 // completes or releases the key.
 func (m *middleware) run(c *gin.Context, f *flight, token string) {
-	m.emit(c, f, EventAcquired, 0, nil)
+	m.emit(c.Request.Context(), f, EventAcquired, 0, nil)
 	f.rec.start(c.Writer, m.replayHeaders, m.maxResponse)
 	c.Writer = &f.rec
 	m.leases.start(c.Request.Context(), &f.lease, f.key, token)
@@ -236,22 +239,32 @@ func (m *middleware) run(c *gin.Context, f *flight, token string) {
 	panicked = false
 	f.rec.finish()
 	c.Writer = f.rec.ResponseWriter
-	lost := m.leases.stop(&f.lease)
 	status := f.rec.Status()
 	switch {
-	case lost:
-		m.emit(c, f, EventLostLease, status, ErrNotOwner)
 	case f.rec.broken:
-		m.release(c, f, token, http.StatusInternalServerError)
+		m.endWithout(c, f, token, http.StatusInternalServerError)
 	case f.rec.wroteNothing() || !m.keep(status):
-		m.release(c, f, token, status)
+		m.endWithout(c, f, token, status)
+	case m.leases.lost(&f.lease):
+		m.leases.stop(&f.lease)
+		m.emit(c.Request.Context(), f, EventLostLease, status, ErrNotOwner)
 	default:
-		m.complete(c, f, token, status)
+		m.complete(c, f, token, status) // stops the lease when the record is stored
 	}
 }
 
+// endWithout ends a run whose response is not kept: the key is released,
+// unless its lease was lost meanwhile.
+func (m *middleware) endWithout(c *gin.Context, f *flight, token string, status int) {
+	if m.leases.stop(&f.lease) {
+		m.emit(c.Request.Context(), f, EventLostLease, status, ErrNotOwner)
+		return
+	}
+	m.release(c, f, token, status)
+}
+
 func (m *middleware) mismatch(c *gin.Context, f *flight, held *Record) {
-	m.emit(c, f, EventMismatch, m.mismatchStatus, nil)
+	m.emit(c.Request.Context(), f, EventMismatch, m.mismatchStatus, nil)
 	detail := "this idempotency key was already used with a different request payload"
 	if held.Method != f.claim.Method || held.Path != f.claim.Path {
 		detail = "this idempotency key was already used on another method or resource path"
@@ -260,7 +273,7 @@ func (m *middleware) mismatch(c *gin.Context, f *flight, held *Record) {
 }
 
 func (m *middleware) storeFailed(c *gin.Context, f *flight, _ *requestMark, err error) {
-	m.emit(c, f, EventStoreError, 0, err)
+	m.emit(c.Request.Context(), f, EventStoreError, 0, err)
 	if m.failOpen {
 		m.logger.LogAttrs(c.Request.Context(), slog.LevelWarn, "idempotency: store failed, running without idempotency",
 			slog.String("key", f.key), slog.Any("error", err))
@@ -279,8 +292,7 @@ func (m *middleware) refuse(c *gin.Context, status int, typ, title, detail strin
 }
 
 // emit reports an outcome to the event hook and the logger.
-func (m *middleware) emit(c *gin.Context, f *flight, kind EventKind, status int, err error) {
-	ctx := c.Request.Context()
+func (m *middleware) emit(ctx context.Context, f *flight, kind EventKind, status int, err error) {
 	level := slog.LevelDebug
 	switch kind {
 	case EventStoreError:

@@ -34,7 +34,7 @@ type leaseKeeper struct {
 	token   string
 	renewed atomic.Int64 // the acquisition or last renewal, as time since the renewer's epoch
 	stopped bool
-	lost    bool
+	lost    atomic.Bool // the store said another request owns the key
 }
 
 func newRenewer(m *middleware) *renewer {
@@ -66,12 +66,21 @@ func (r *renewer) start(ctx context.Context, k *leaseKeeper, key, token string) 
 func (r *renewer) stop(k *leaseKeeper) (lost bool) {
 	k.mu.Lock()
 	k.stopped = true
-	lost = k.lost
+	lost = k.lost.Load()
 	k.mu.Unlock()
 	r.mu.Lock()
 	delete(r.flights, k) // the timer stays armed for the next request, or disarms at its tick
 	r.mu.Unlock()
 	return lost
+}
+
+// lost reports whether the store said k's key is owned by another request.
+func (r *renewer) lost(k *leaseKeeper) bool { return k.lost.Load() }
+
+// surelyLost reports whether k's lease is lost, or has not been confirmed
+// for a whole lease: the store has let the key expire by now.
+func (r *renewer) surelyLost(k *leaseKeeper) bool {
+	return k.lost.Load() || int64(r.since())-k.renewed.Load() >= int64(r.m.lease)
 }
 
 // tick renews every lease that is due and re-arms the timer while requests
@@ -110,14 +119,14 @@ func (r *renewer) renew(k *leaseKeeper) {
 	}
 	defer k.mu.Unlock()
 	start := r.since()
-	if k.stopped || k.lost || !k.due(start, r.every) { // stopped, or renewed by an earlier tick
+	if k.stopped || k.lost.Load() || !k.due(start, r.every) { // stopped, or renewed by an earlier tick
 		return
 	}
 	ctx, cancel := r.m.storeCtx(k.ctx)
 	defer cancel()
 	switch err := r.m.store.Extend(ctx, k.key, k.token, r.m.lease); {
 	case errors.Is(err, ErrNotOwner):
-		k.lost = true
+		k.lost.Store(true)
 	case err != nil:
 		r.m.logger.LogAttrs(k.ctx, slog.LevelWarn, "idempotency: lease renewal failed",
 			slog.String("key", k.key), slog.Any("error", err))

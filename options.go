@@ -19,29 +19,31 @@ func (f optionFunc) apply(c *config) { f(c) }
 
 // config is the private, compiled configuration of one middleware.
 type config struct {
-	store          Store
-	ttl            time.Duration
-	lease          time.Duration
-	storeTimeout   time.Duration
-	waitInFlight   time.Duration
-	keyHeaders     []string
-	validate       KeyValidator
-	required       bool
-	methods        []string
-	scope          func(*gin.Context) string
-	anonymous      bool
-	fingerprint    []FingerprintPart
-	maxBody        int64
-	maxResponse    int
-	replayHeaders  map[string]bool
-	keep           func(status int) bool
-	mismatchStatus int
-	replayedHeader string
-	conflictMode   bool
-	failOpen       bool
-	problem        ProblemWriter
-	onEvent        func(context.Context, Event)
-	logger         *slog.Logger
+	store           Store
+	ttl             time.Duration
+	lease           time.Duration
+	storeTimeout    time.Duration
+	waitInFlight    time.Duration
+	keyHeaders      []string
+	validate        KeyValidator
+	required        bool
+	methods         []string
+	scope           func(*gin.Context) string
+	anonymous       bool
+	fingerprint     []FingerprintPart
+	maxBody         int64
+	maxResponse     int
+	replayHeaders   map[string]bool
+	keep            func(status int) bool
+	mismatchStatus  int
+	replayedHeader  string
+	conflictMode    bool
+	failOpen        bool
+	breakerFailures int
+	breakerProbe    time.Duration
+	problem         ProblemWriter
+	onEvent         func(context.Context, Event)
+	logger          *slog.Logger
 }
 
 // defaultReplayHeaders are the response headers a replay sends again.
@@ -54,21 +56,23 @@ var defaultReplayHeaders = []string{
 
 func defaultConfig() *config {
 	c := &config{
-		ttl:            24 * time.Hour,
-		lease:          time.Minute,
-		storeTimeout:   time.Second,
-		keyHeaders:     []string{"Idempotency-Key"},
-		validate:       KeyUUIDv4,
-		methods:        []string{http.MethodPost, http.MethodPatch},
-		scope:          AuthorizationScope,
-		fingerprint:    []FingerprintPart{QueryString(), RawBody()},
-		maxBody:        1 << 20,
-		maxResponse:    1 << 20,
-		replayHeaders:  make(map[string]bool),
-		keep:           DefaultKeep,
-		mismatchStatus: http.StatusConflict,
-		replayedHeader: "Idempotent-Replayed",
-		problem:        WriteProblem,
+		ttl:             24 * time.Hour,
+		lease:           time.Minute,
+		storeTimeout:    time.Second,
+		keyHeaders:      []string{"Idempotency-Key"},
+		validate:        KeyUUIDv4,
+		methods:         []string{http.MethodPost, http.MethodPatch},
+		scope:           AuthorizationScope,
+		fingerprint:     []FingerprintPart{QueryString(), RawBody()},
+		maxBody:         1 << 20,
+		maxResponse:     1 << 20,
+		replayHeaders:   make(map[string]bool),
+		keep:            DefaultKeep,
+		mismatchStatus:  http.StatusConflict,
+		replayedHeader:  "Idempotent-Replayed",
+		problem:         WriteProblem,
+		breakerFailures: 5,
+		breakerProbe:    defaultBreakerProbe,
 	}
 	for _, h := range defaultReplayHeaders {
 		c.replayHeaders[http.CanonicalHeaderKey(h)] = true
@@ -280,6 +284,26 @@ func WithConflictOnReplay() Option {
 // handler does not run.
 func WithFailOpen() Option {
 	return optionFunc(func(c *config) { c.failOpen = true })
+}
+
+// WithCircuitBreaker sets when the middleware stops calling a store that
+// keeps failing (default: after 5 consecutive failed acquisitions, probing
+// every second). While the circuit is open, keyed requests are answered at
+// once, 503 with Retry-After or, with [WithFailOpen], by running the handler
+// without idempotency, instead of each waiting for the store timeout. After
+// probeEvery one request probes the store, and the circuit closes when it
+// succeeds. Each change is an event and a log line. failures 0 turns the
+// breaker off. A [MemoryStore] never needs one.
+//
+//	idempotency.WithCircuitBreaker(10, 2*time.Second)
+func WithCircuitBreaker(failures int, probeEvery time.Duration) Option {
+	if failures < 0 {
+		panic(fmt.Sprintf("idempotency: circuit breaker failures must not be negative, got %d", failures))
+	}
+	if failures > 0 {
+		mustPositive("circuit breaker probe interval", probeEvery)
+	}
+	return optionFunc(func(c *config) { c.breakerFailures, c.breakerProbe = failures, probeEvery })
 }
 
 // WithProblemWriter replaces how the middleware writes its own error

@@ -20,8 +20,10 @@ import (
 // when the server's script cache lacks it): a first request costs two round
 // trips (Acquire, Complete), a replay or a conflict one.
 //
-// A RedisStore holds no state besides its configuration and is safe for
-// concurrent use; it does not own the client and never closes it.
+// A RedisStore is safe for concurrent use; it does not own the client and
+// never closes it. Besides its configuration it holds a bounded local cache
+// of completed records and the acquisitions that timed out, which it
+// releases when Redis answers again.
 type RedisStore struct {
 	client  redis.UniversalClient
 	prefix  string
@@ -31,6 +33,7 @@ type RedisStore struct {
 	// cache bounds, read when the store is built
 	cacheEntries int
 	cacheBytes   int64
+	orphans      orphans // timed-out acquisitions to release
 }
 
 // NewRedisStore returns a [RedisStore] on client: a *redis.Client,
@@ -74,20 +77,25 @@ func (s *RedisStore) redisKey(key string) string {
 	return s.prefix + "{" + key + "}"
 }
 
-// acquireScript takes a free key or reads the record that holds it.
+// acquireScript takes a free key or reads the record that holds it. It
+// reads before it writes, so that under a full Redis with noeviction a held
+// key is still answered (only a new key is refused).
 // KEYS[1] is the record key; ARGV[1] the new in-flight record, ARGV[2] the
-// lease in ms, ARGV[3] the largest record the caller decodes.
+// lease in ms, ARGV[3] the largest record the caller decodes, ARGV[4] the
+// head of an in-flight record of this process whose acquisition timed out
+// (an orphan, which this acquisition takes over), or "".
 // Replies: {0} acquired; {1, record, pttl} held; {2, size} held by a value
 // too large to read; {3} held by a value that is not a string.
-// SET NX works whatever the type under the key; STRLEN goes through pcall
-// because it raises WRONGTYPE on a hash or list.
+// STRLEN goes through pcall because it raises WRONGTYPE on a hash or list.
 var acquireScript = redis.NewScript(`
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {0}
-end
 local n = redis.pcall('STRLEN', KEYS[1])
 if type(n) ~= 'number' then
   return {3}
+end
+if (n == 0 and redis.call('EXISTS', KEYS[1]) == 0) or
+   (ARGV[4] ~= '' and redis.call('GETRANGE', KEYS[1], 0, #ARGV[4] - 1) == ARGV[4]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return {0}
 end
 if n > tonumber(ARGV[3]) then
   return {2, n}
@@ -117,9 +125,21 @@ func (s *RedisStore) Acquire(ctx context.Context, key string, claim *Record, lea
 	if len(value) > s.maxSize {
 		return "", nil, fmt.Errorf("idempotency: redis acquire: claim of %d bytes exceeds the maximum record size %d", len(value), s.maxSize)
 	}
+	orphanHead := ""
+	orphan, hasOrphan := s.takeOrphan(key)
+	if hasOrphan {
+		orphanHead = ownerHead(orphan)
+	}
 	start := s.now() // before Redis reads the PTTL: start+PTTL is never past the real expiry
-	reply, err := acquireScript.Run(ctx, s.client, []string{s.redisKey(key)}, value, millis(lease), s.maxSize).Slice()
+	reply, err := acquireScript.Run(ctx, s.client, []string{s.redisKey(key)}, value, millis(lease), s.maxSize, orphanHead).Slice()
 	if err != nil {
+		if maybeApplied(err) {
+			until := time.Now().Add(2 * lease) // the script may run late, when a stalled Redis wakes
+			if hasOrphan {
+				s.addOrphan(key, orphan, until)
+			}
+			s.addOrphan(key, token, until)
+		}
 		return "", nil, fmt.Errorf("idempotency: redis acquire: %w", err)
 	}
 	code, _ := replyInt(reply, 0)

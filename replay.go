@@ -25,7 +25,7 @@ func (m *middleware) replay(c *gin.Context, f *flight, rec *Record) {
 			return
 		}
 	}
-	m.emit(c, f, EventReplayed, rec.Status, nil)
+	m.emit(c.Request.Context(), f, EventReplayed, rec.Status, nil)
 	h := c.Writer.Header()
 	for name, values := range rec.Header {
 		if decoded && (name == "Content-Encoding" || name == "Etag") {
@@ -43,7 +43,7 @@ func (m *middleware) replay(c *gin.Context, f *flight, rec *Record) {
 // alreadyCompleted answers a completed duplicate that is not replayed: 409
 // with the stored Location.
 func (m *middleware) alreadyCompleted(c *gin.Context, f *flight, rec *Record) {
-	m.emit(c, f, EventConflict, http.StatusConflict, nil)
+	m.emit(c.Request.Context(), f, EventConflict, http.StatusConflict, nil)
 	if loc := rec.Header.Get("Location"); loc != "" {
 		c.Header("Location", loc)
 	}

@@ -29,9 +29,14 @@ func (m *middleware) acquire(c *gin.Context, f *flight) (string, *Record, error)
 	}
 	pause := 10 * time.Millisecond
 	for {
+		done, ok := m.breaker.allow()
+		if !ok {
+			return "", nil, ErrCircuitOpen
+		}
 		ctx, cancel := m.storeCtx(c.Request.Context())
 		token, held, err := m.store.Acquire(ctx, f.key, &f.claim, m.lease)
 		cancel()
+		done(err)
 		if err == nil && held != nil && !validRecord(held) {
 			err = errors.New("idempotency: store returned an invalid record")
 		}
@@ -66,17 +71,63 @@ func validRecord(rec *Record) bool {
 	return false
 }
 
+// complete stores the response under the key. The first attempt is made
+// before the client is answered. When the store refuses it or does not
+// confirm it in time (a failover's write pause, an out-of-memory answer),
+// the attempts go on in the background, with the lease still renewed,
+// until one succeeds or the lease is surely lost: a handler that finished
+// never runs again because one write was briefly refused (SPEC 23).
 func (m *middleware) complete(c *gin.Context, f *flight, token string, status int) {
 	out := f.rec.result(&f.claim)
-	ctx, cancel := m.storeCtx(c.Request.Context())
+	ctx := context.WithoutCancel(c.Request.Context())
+	if m.tryComplete(ctx, f, token, out, status, true) {
+		m.leases.stop(&f.lease)
+		return
+	}
+	go m.completeLater(ctx, f, token, out, status)
+}
+
+// tryComplete makes one attempt and reports whether its outcome is final.
+// Only the first failure is reported as a store error.
+func (m *middleware) tryComplete(ctx context.Context, f *flight, token string, out *Record, status int, first bool) bool {
+	sctx, cancel := m.storeCtx(ctx)
 	defer cancel()
-	switch err := m.store.Complete(ctx, f.key, token, out, m.ttl); {
+	switch err := m.store.Complete(sctx, f.key, token, out, m.ttl); {
 	case errors.Is(err, ErrNotOwner):
-		m.emit(c, f, EventLostLease, status, err)
+		m.emit(ctx, f, EventLostLease, status, err)
 	case err != nil:
-		m.emit(c, f, EventStoreError, status, err)
+		if first {
+			m.emit(ctx, f, EventStoreError, status, err)
+		}
+		return false
 	default:
-		m.emit(c, f, EventCompleted, status, nil)
+		m.emit(ctx, f, EventCompleted, status, nil)
+	}
+	return true
+}
+
+// completeRetryLimit bounds the background attempts of one completion, in
+// leases: a store that refuses writes for longer (a full Redis whose leases
+// can still be renewed) gets the key back when its lease ends.
+const completeRetryLimit = 10
+
+// completeLater retries a completion with backoff while the lease holds.
+// It ends within completeRetryLimit leases, and stops the lease.
+func (m *middleware) completeLater(ctx context.Context, f *flight, token string, out *Record, status int) {
+	defer m.leases.stop(&f.lease)
+	giveUp := time.Now().Add(completeRetryLimit * m.lease)
+	pause := 50 * time.Millisecond
+	for {
+		wait := time.NewTimer(pause)
+		<-wait.C
+		if m.leases.surelyLost(&f.lease) || time.Now().After(giveUp) {
+			m.emit(ctx, f, EventLostLease, status, ErrNotOwner)
+			return
+		}
+		if m.tryComplete(ctx, f, token, out, status, false) {
+			return
+		}
+		pause = min(2*pause, time.Second)
 	}
 }
 
@@ -85,10 +136,10 @@ func (m *middleware) release(c *gin.Context, f *flight, token string, status int
 	defer cancel()
 	switch err := m.store.Release(ctx, f.key, token); {
 	case errors.Is(err, ErrNotOwner):
-		m.emit(c, f, EventLostLease, status, err)
+		m.emit(c.Request.Context(), f, EventLostLease, status, err)
 	case err != nil:
-		m.emit(c, f, EventStoreError, status, err)
+		m.emit(c.Request.Context(), f, EventStoreError, status, err)
 	default:
-		m.emit(c, f, EventReleased, status, nil)
+		m.emit(c.Request.Context(), f, EventReleased, status, nil)
 	}
 }

@@ -1,0 +1,77 @@
+package idempotency
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/sony/gobreaker/v2"
+)
+
+// ErrCircuitOpen is the error of a keyed request that was not sent to the
+// store because the store kept failing (SPEC 32): the middleware answers it
+// at once like any store failure, with 503 or, with [WithFailOpen], by
+// running the handler without idempotency.
+var ErrCircuitOpen = errors.New("idempotency: store circuit open after consecutive failures; not called")
+
+// breaker stops calling a store that keeps failing. It is a
+// sony/gobreaker two-step circuit breaker around Acquire: after the given
+// consecutive failures it opens and refuses at once; after the probe
+// interval it lets one request through, and closes when that one succeeds.
+type breaker struct {
+	cb *gobreaker.TwoStepCircuitBreaker[struct{}]
+}
+
+// newBreaker returns the breaker of m, or nil when it is off or the store
+// answers from memory.
+func newBreaker(m *middleware) *breaker {
+	if m.breakerFailures <= 0 || m.inProcess {
+		return nil
+	}
+	failures := uint32(m.breakerFailures)
+	return &breaker{cb: gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
+		Name:    "idempotency store",
+		Timeout: m.breakerProbe,
+		ReadyToTrip: func(counts gobreaker.Counts) bool {
+			return counts.ConsecutiveFailures >= failures
+		},
+		// A lost lease or an unreadable record is an answer, not an outage.
+		IsExcluded: func(err error) bool {
+			return errors.Is(err, ErrNotOwner) || errors.Is(err, ErrCorruptRecord)
+		},
+		OnStateChange: func(_ string, from, to gobreaker.State) { m.breakerChanged(to) },
+	})}
+}
+
+// allow reports whether a store call may go ahead; done records its
+// outcome.
+func (b *breaker) allow() (done func(error), ok bool) {
+	if b == nil {
+		return func(error) {}, true
+	}
+	done, err := b.cb.Allow()
+	return done, err == nil
+}
+
+// breakerChanged reports a change of the breaker's state as an event and a
+// log line.
+func (m *middleware) breakerChanged(to gobreaker.State) {
+	kind, level := EventBreakerClosed, slog.LevelInfo
+	switch to {
+	case gobreaker.StateOpen:
+		kind, level = EventBreakerOpen, slog.LevelWarn
+	case gobreaker.StateHalfOpen:
+		kind = EventBreakerHalfOpen
+	}
+	ctx := context.Background()
+	m.logger.LogAttrs(ctx, level, "idempotency: store circuit "+to.String(),
+		slog.Duration("probe_every", m.breakerProbe))
+	if m.onEvent != nil {
+		m.onEvent(ctx, Event{Kind: kind})
+	}
+}
+
+// defaultBreakerProbe is how long the breaker stays open before it probes
+// the store again: the Retry-After the refused requests get.
+const defaultBreakerProbe = time.Second

@@ -1,0 +1,150 @@
+package idempotency
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// orphans are this store's acquisitions that failed on their deadline but
+// may still have reached Redis: a stalled server (a failover, a paused or
+// swapped-out process) runs the queued script when it wakes, and the key is
+// then held for a whole lease by a token nobody will complete. Each orphan
+// is released with its token as soon as Redis answers again, so that a key
+// that got 503 is free again within a second of the store's return
+// (SPEC 22). A retry of the same key on this process takes over the orphan
+// in the same round trip as its own acquisition.
+//
+// Releases run from a timer, armed only while orphans are pending: there is
+// no goroutine to stop, and an orphan is forgotten once its lease is over.
+type orphans struct {
+	mu      sync.Mutex
+	pending map[string][]orphan // by store key
+	timer   *time.Timer
+	armed   bool
+	pause   time.Duration
+}
+
+type orphan struct {
+	token redisToken
+	until time.Time // the end of its lease: after it, Redis has dropped it
+}
+
+const (
+	// maxOrphans bounds the pending releases; past it, an orphan is left
+	// to expire with its lease.
+	maxOrphans = 10_000
+	// maxOrphansPerKey bounds the tokens remembered for one key.
+	maxOrphansPerKey = 4
+	// orphanPauseMax is the longest wait between two release attempts.
+	orphanPauseMax = 500 * time.Millisecond
+)
+
+// maybeApplied reports whether a failed command may still have run: any
+// error but a reply from Redis itself (a timeout, a reset connection).
+func maybeApplied(err error) bool {
+	var reply redis.Error
+	return err != nil && !errors.As(err, &reply)
+}
+
+// add remembers an acquisition that may have reached Redis, and arms the
+// release timer.
+func (s *RedisStore) addOrphan(key string, token redisToken, until time.Time) {
+	o := &s.orphans
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.pending == nil {
+		o.pending = make(map[string][]orphan)
+	}
+	if len(o.pending) >= maxOrphans || len(o.pending[key]) >= maxOrphansPerKey {
+		return
+	}
+	o.pending[key] = append(o.pending[key], orphan{token, until})
+	if !o.armed {
+		o.armed, o.pause = true, 50*time.Millisecond
+		if o.timer == nil {
+			o.timer = time.AfterFunc(o.pause, s.releaseOrphans)
+		} else {
+			o.timer.Reset(o.pause)
+		}
+	}
+}
+
+// takeOrphan removes and returns one pending orphan of key, for an
+// acquisition of the same key to take over.
+func (s *RedisStore) takeOrphan(key string) (redisToken, bool) {
+	o := &s.orphans
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	list := o.pending[key]
+	if len(list) == 0 {
+		return redisToken{}, false
+	}
+	taken := list[len(list)-1]
+	if len(list) == 1 {
+		delete(o.pending, key)
+	} else {
+		o.pending[key] = list[:len(list)-1]
+	}
+	return taken.token, true
+}
+
+// releaseOrphans releases the pending orphans, one script each, until Redis
+// fails again; then it re-arms the timer with a longer pause.
+func (s *RedisStore) releaseOrphans() {
+	o := &s.orphans
+	o.mu.Lock()
+	type job struct {
+		key string
+		orphan
+	}
+	var jobs []job
+	now := time.Now()
+	for key, list := range o.pending {
+		for _, x := range list {
+			if now.Before(x.until) {
+				jobs = append(jobs, job{key, x})
+			}
+		}
+		delete(o.pending, key)
+	}
+	o.mu.Unlock()
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	failed := 0
+	for i, j := range jobs {
+		err := releaseScript.Run(ctx, s.client, []string{s.redisKey(j.key)}, ownerHead(j.token)).Err()
+		if errors.Is(err, redis.ErrClosed) {
+			break // the client is closed: nothing more can be released
+		}
+		if maybeApplied(err) {
+			for _, rest := range jobs[i:] {
+				s.requeueOrphan(rest.key, rest.orphan)
+			}
+			failed = len(jobs) - i
+			break
+		}
+	}
+
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.armed = len(o.pending) > 0; o.armed {
+		if failed > 0 {
+			o.pause = min(2*o.pause, orphanPauseMax)
+		}
+		o.timer.Reset(o.pause)
+	}
+}
+
+func (s *RedisStore) requeueOrphan(key string, x orphan) {
+	o := &s.orphans
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if len(o.pending[key]) < maxOrphansPerKey {
+		o.pending[key] = append(o.pending[key], x)
+	}
+}
