@@ -77,6 +77,7 @@ func New(opts ...Option) gin.HandlerFunc {
 	}
 	m := &middleware{config: *cfg, hashers: sync.Pool{New: newHasher}, replayedValue: []string{"true"}[:1:1]}
 	_, m.inProcess = m.store.(*MemoryStore)
+	m.txStore, _ = m.store.(TxStore)
 	m.leases = newRenewer(m)
 	m.chains = newChains(m.handle)
 	m.breaker = newBreaker(m)
@@ -100,6 +101,7 @@ type middleware struct {
 	chains  *chains
 	bodies  bodyBuffers
 	breaker *breaker // nil when off
+	txStore TxStore  // the store, when it commits with the handler's writes
 	// inProcess is set for a store that answers from memory without I/O; its
 	// calls need no deadline timer.
 	inProcess bool
@@ -150,8 +152,7 @@ func (m *middleware) handle(c *gin.Context) {
 	case err != nil:
 		m.storeFailed(c, f, m.markRun(c, mark, &f.mark, key, false), err)
 	case held == nil:
-		m.markRun(c, mark, &f.mark, key, true)
-		m.run(c, f, token)
+		m.run(c, f, m.markRun(c, mark, &f.mark, key, true), token)
 	case !bytes.Equal(held.Fingerprint, f.claim.Fingerprint):
 		m.mismatch(c, f, held)
 	case held.State == InFlight:
@@ -221,26 +222,43 @@ func (m *middleware) prepare(c *gin.Context, f *flight, key string) bool {
 }
 
 // run runs the handler under the recorder while keeping the lease, then
-// completes or releases the key.
-func (m *middleware) run(c *gin.Context, f *flight, token string) {
+// completes or releases the key. On a TxStore the handler also runs in the
+// request's transaction, and its response is held until the commit.
+func (m *middleware) run(c *gin.Context, f *flight, mark *requestMark, token string) {
 	m.emit(c.Request.Context(), f, EventAcquired, 0, nil)
-	f.rec.start(c.Writer, m.replayHeaders, m.maxResponse)
+	out := c.Writer
+	var t *txRun
+	if m.txStore != nil {
+		var ok bool
+		if t, ok = m.begin(c, f, mark, token); !ok {
+			return
+		}
+		defer t.tx.Rollback(context.WithoutCancel(c.Request.Context())) // nothing after a commit
+		f.rec.start(t.hold, m.replayHeaders, m.maxResponse)
+	} else {
+		f.rec.start(out, m.replayHeaders, m.maxResponse)
+	}
 	c.Writer = &f.rec
 	m.leases.start(c.Request.Context(), &f.lease, f.key, token)
 	panicked := true
 	defer func() {
 		if panicked { // release now; the panic goes on to Gin's recovery
 			m.leases.stop(&f.lease)
-			c.Writer = f.rec.ResponseWriter
+			c.Writer = out
+			if t != nil {
+				t.hold.discard()
+			}
 			m.release(c, f, token, http.StatusInternalServerError)
 		}
 	}()
 	c.Next()
 	panicked = false
 	f.rec.finish()
-	c.Writer = f.rec.ResponseWriter
+	c.Writer = out
 	status := f.rec.Status()
 	switch {
+	case t != nil:
+		m.endTx(c, f, t, token, status)
 	case f.rec.broken:
 		m.endWithout(c, f, token, http.StatusInternalServerError)
 	case f.rec.wroteNothing() || !m.keep(status):

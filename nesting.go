@@ -22,6 +22,7 @@ type requestMark struct {
 	handled bool   // one of them handles the key: the others step aside
 	key     string // the canonical key it handles
 	leased  bool   // the handler runs under the key's lease
+	tx      Tx     // the request's transaction on a TxStore, or nil
 }
 
 // Key returns the canonical idempotency key the request runs under: a UUID

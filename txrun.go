@@ -1,0 +1,82 @@
+package idempotency
+
+import (
+	"context"
+	"errors"
+	"net/http"
+
+	"github.com/gin-gonic/gin"
+)
+
+// txRun is a request running in its transaction on a TxStore.
+type txRun struct {
+	tx   Tx
+	hold *holdWriter // the response, held until the commit
+}
+
+// begin opens the request's transaction. When it cannot, the key is
+// released and the request answered like any store failure.
+func (m *middleware) begin(c *gin.Context, f *flight, mark *requestMark, token string) (*txRun, bool) {
+	ctx, cancel := m.storeCtx(c.Request.Context())
+	tx, err := m.txStore.Begin(ctx, f.key, token)
+	cancel()
+	if err != nil {
+		m.release(c, f, token, 0)
+		mark.leased = false
+		m.storeFailed(c, f, mark, err)
+		return nil, false
+	}
+	mark.tx = tx
+	return &txRun{tx: tx, hold: newHoldWriter(c.Writer)}, true
+}
+
+// endTx ends a transactional run: a kept response commits with the record
+// and is then sent; any other is rolled back and the key released. The
+// client never hears of a success that did not commit.
+func (m *middleware) endTx(c *gin.Context, f *flight, t *txRun, token string, status int) {
+	ctx := context.WithoutCancel(c.Request.Context())
+	switch {
+	case f.rec.broken: // a recovery inside answered a panic: 500, not the half-written answer
+		t.tx.Rollback(ctx)
+		t.hold.discard()
+		m.endWithout(c, f, token, http.StatusInternalServerError)
+		c.AbortWithStatus(http.StatusInternalServerError)
+		return
+	case f.rec.wroteNothing() || !m.keep(status):
+		t.tx.Rollback(ctx)
+		t.hold.send()
+		m.endWithout(c, f, token, status)
+		return
+	case m.leases.lost(&f.lease):
+		t.tx.Rollback(ctx)
+		m.leases.stop(&f.lease)
+		m.emit(ctx, f, EventLostLease, status, ErrNotOwner)
+		m.notCommitted(c, t)
+		return
+	}
+	sctx, cancel := m.storeCtx(ctx)
+	err := t.tx.Commit(sctx, f.rec.result(&f.claim), m.ttl)
+	cancel()
+	m.leases.stop(&f.lease)
+	switch {
+	case err == nil:
+		m.emit(ctx, f, EventCompleted, status, nil)
+		t.hold.send()
+	case errors.Is(err, ErrNotOwner):
+		m.emit(ctx, f, EventLostLease, status, err)
+		m.notCommitted(c, t)
+	default:
+		m.emit(ctx, f, EventStoreError, status, err)
+		m.release(c, f, token, status)
+		m.notCommitted(c, t)
+	}
+}
+
+// notCommitted answers a request whose transaction rolled back: nothing it
+// did was kept, and a retry runs it again.
+func (m *middleware) notCommitted(c *gin.Context, t *txRun) {
+	t.hold.discard()
+	c.Header("Retry-After", "1")
+	m.refuse(c, http.StatusServiceUnavailable, ProblemStoreUnavailable, "Request not committed",
+		"the request's transaction could not be committed, so nothing it did was kept; retry")
+}

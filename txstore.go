@@ -1,0 +1,53 @@
+package idempotency
+
+import (
+	"context"
+	"time"
+
+	"github.com/gin-gonic/gin"
+)
+
+// A TxStore is a [Store] that keeps its records in the application's own
+// database, so that the handler's writes and the completed record commit in
+// one transaction (SPEC 31): a crash, a lost lease or a failed commit at any
+// point leaves both or neither.
+//
+// With a TxStore, the middleware acquires the key as with any store (in a
+// statement of its own, so that the in-flight lease is visible to every
+// process), then calls Begin. The handler writes through the request's
+// transaction (see [Transaction]; the pgstore package has a typed
+// accessor). When the handler's response is kept, the middleware calls
+// Commit, which writes the completed record in the same transaction, fenced
+// by the token, and commits; otherwise it calls Rollback and releases the
+// key. The response is buffered, not streamed, and reaches the client only
+// after the commit: no client is told of a success that rolled back.
+type TxStore interface {
+	Store
+	// Begin opens the transaction of the request that holds key with
+	// token.
+	Begin(ctx context.Context, key, token string) (Tx, error)
+}
+
+// Tx is the transaction of one keyed request on a [TxStore].
+type Tx interface {
+	// Commit writes rec (State Completed) as the key's record, kept for
+	// ttl, and commits everything written through the transaction. When the
+	// token given to Begin no longer owns the key, it rolls everything back
+	// and returns [ErrNotOwner]. Any error means nothing was committed.
+	Commit(ctx context.Context, rec *Record, ttl time.Duration) error
+	// Rollback discards everything written through the transaction. It is
+	// safe to call after Commit, and then does nothing.
+	Rollback(ctx context.Context) error
+}
+
+// Transaction returns the transaction of the request, when the middleware
+// runs it on a [TxStore]; ok is false otherwise (no key, another store, or
+// the store failed and [WithFailOpen] let the request run without one).
+// Store packages offer a typed accessor over it, such as pgstore.Tx.
+func Transaction(c *gin.Context) (tx Tx, ok bool) {
+	mark, _ := c.Keys[requestKey].(*requestMark)
+	if mark == nil || mark.tx == nil {
+		return nil, false
+	}
+	return mark.tx, true
+}

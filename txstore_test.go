@@ -1,0 +1,187 @@
+package idempotency_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	idem "github.com/ginidem/idempotency"
+)
+
+// memoryTxStore is a TxStore over a MemoryStore, for the middleware's side
+// of SPEC 31 without a database: a transaction collects the handler's
+// effects and applies them to rows only when the record commits with them.
+type memoryTxStore struct {
+	*idem.MemoryStore
+	mu         sync.Mutex
+	rows       []string      // committed effects
+	commitGate chan struct{} // when set, Commit waits for it
+	inCommit   chan struct{} // Commit reports each entry
+	failCommit error         // when set, Commit fails with it
+}
+
+type memoryTx struct {
+	s          *memoryTxStore
+	key, token string
+	effects    []string
+	done       bool
+}
+
+func (s *memoryTxStore) Begin(_ context.Context, key, token string) (idem.Tx, error) {
+	return &memoryTx{s: s, key: key, token: token}, nil
+}
+
+// insert is the handler's write through the request's transaction.
+func insert(c *gin.Context, row string) bool {
+	tx, ok := idem.Transaction(c)
+	if !ok {
+		return false
+	}
+	mt := tx.(*memoryTx)
+	mt.effects = append(mt.effects, row)
+	return true
+}
+
+func (tx *memoryTx) Commit(ctx context.Context, rec *idem.Record, ttl time.Duration) error {
+	s := tx.s
+	if s.inCommit != nil {
+		s.inCommit <- struct{}{}
+	}
+	if s.commitGate != nil {
+		<-s.commitGate
+	}
+	tx.done = true
+	if s.failCommit != nil {
+		return s.failCommit
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.MemoryStore.Complete(ctx, tx.key, tx.token, rec, ttl); err != nil {
+		return err // the effects are dropped with the transaction
+	}
+	s.rows = append(s.rows, tx.effects...)
+	return nil
+}
+
+func (tx *memoryTx) Rollback(context.Context) error {
+	tx.done = true
+	return nil
+}
+
+func (s *memoryTxStore) committed() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.rows...)
+}
+
+// txService serves POST /orders writing one row through the transaction,
+// POST /fail writing a row and answering 500, POST /panic, and POST /plain
+// that ignores the transaction.
+func txService(t *testing.T, store *memoryTxStore, opts ...idem.Option) *served {
+	return mount(t, func(r *gin.Engine, s *served) {
+		r.Use(gin.CustomRecoveryWithWriter(io.Discard, func(c *gin.Context, _ any) { c.AbortWithStatus(500) }))
+		r.Use(idem.New(append([]idem.Option{idem.WithStore(store)}, opts...)...))
+		r.POST("/orders", func(c *gin.Context) {
+			s.calls.Add(1)
+			require.True(t, insert(c, "order"), "the handler has the request's transaction")
+			c.Header("Location", "/orders/1")
+			c.String(http.StatusCreated, "created")
+		})
+		r.POST("/fail", func(c *gin.Context) {
+			s.calls.Add(1)
+			insert(c, "half")
+			c.String(http.StatusInternalServerError, "failed")
+		})
+		r.POST("/panic", func(c *gin.Context) {
+			s.calls.Add(1)
+			insert(c, "half")
+			c.Writer.WriteHeader(http.StatusCreated)
+			panic("after a write")
+		})
+		r.POST("/plain", func(c *gin.Context) {
+			s.calls.Add(1)
+			c.String(http.StatusCreated, "plain")
+		})
+	})
+}
+
+func TestSpec31_Transactions(t *testing.T) {
+	auth := "Authorization: Bearer u"
+	newStore := func() *memoryTxStore { return &memoryTxStore{MemoryStore: idem.NewMemoryStore()} }
+
+	t.Run("spec31/the answer goes out only after the commit", func(t *testing.T) {
+		store := newStore()
+		store.commitGate, store.inCommit = make(chan struct{}), make(chan struct{}, 1)
+		s := txService(t, store)
+		answer := make(chan resp, 1)
+		go func() { answer <- s.send(s.client, "/orders", key1, "x", auth) }()
+		<-store.inCommit
+		select {
+		case r := <-answer:
+			t.Fatalf("answered before the commit: %d", r.status)
+		default:
+		}
+		close(store.commitGate)
+		r := recv(t, answer)
+		assert.Equal(t, http.StatusCreated, r.status)
+		assert.Equal(t, "created", r.body)
+		assert.Equal(t, []string{"order"}, store.committed())
+		replay := s.send(s.client, "/orders", key1, "x", auth)
+		assert.True(t, replay.replayed())
+		assert.Equal(t, "created", replay.body)
+		assert.Equal(t, int32(1), s.calls.Load())
+	})
+
+	t.Run("spec31/a failed commit answers a problem, keeps nothing and frees the key", func(t *testing.T) {
+		store := newStore()
+		store.failCommit = errors.New("commit failed")
+		s := txService(t, store)
+		r := s.send(s.client, "/orders", key1, "x", auth)
+		assert.Equal(t, http.StatusServiceUnavailable, r.status)
+		assert.Equal(t, idem.ProblemStoreUnavailable, r.problem(t).Type)
+		assert.Empty(t, r.header.Get("Location"), "nothing of the rolled-back answer is sent")
+		assert.Empty(t, store.committed())
+		store.failCommit = nil
+		assert.Equal(t, http.StatusCreated, s.send(s.client, "/orders", key1, "x", auth).status, "the retry runs")
+		assert.Equal(t, []string{"order"}, store.committed())
+	})
+
+	t.Run("spec31/a commit that lost the lease keeps nothing", func(t *testing.T) {
+		store := newStore()
+		store.failCommit = idem.ErrNotOwner
+		s := txService(t, store)
+		r := s.send(s.client, "/orders", key1, "x", auth)
+		assert.Equal(t, http.StatusServiceUnavailable, r.status)
+		assert.Empty(t, store.committed())
+	})
+
+	t.Run("spec31/a 5xx and a panic roll back and free the key", func(t *testing.T) {
+		store := newStore()
+		s := txService(t, store)
+		failed := s.send(s.client, "/fail", key1, "x", auth)
+		assert.Equal(t, http.StatusInternalServerError, failed.status)
+		assert.Equal(t, "failed", failed.body, "the handler's own answer")
+		assert.Equal(t, http.StatusInternalServerError, s.send(s.client, "/fail", key1, "x", auth).status)
+		panicked := s.send(s.client, "/panic", key2, "x", auth)
+		assert.Equal(t, http.StatusInternalServerError, panicked.status, "not the half-written 201")
+		assert.Empty(t, store.committed())
+		assert.Equal(t, int32(3), s.calls.Load(), "each retry ran: nothing was kept")
+	})
+
+	t.Run("spec31/a handler that ignores the transaction works as on any store", func(t *testing.T) {
+		store := newStore()
+		s := txService(t, store)
+		first := s.send(s.client, "/plain", key1, "x", auth)
+		assert.Equal(t, http.StatusCreated, first.status)
+		assert.True(t, s.send(s.client, "/plain", key1, "x", auth).replayed())
+		assert.Equal(t, int32(1), s.calls.Load())
+	})
+}
