@@ -83,3 +83,26 @@ func TestSpec29_RedisDeleteDropsTheLocalCache(t *testing.T) {
 		assert.NotEmpty(t, fresh)
 	})
 }
+
+// TestSpec30_LocalCacheStalenessIsBounded: a record Redis has lost (a
+// failover without WAIT, a restart without persistence) is replayed from a
+// local cache for at most a minute by default, not for the record's 24 h.
+func TestSpec30_LocalCacheStalenessIsBounded(t *testing.T) {
+	forEachRedis(t, func(t *testing.T, client redis.UniversalClient, prefix string, _ func(time.Duration)) {
+		ctx := storeCtx(t)
+		clock := newFakeClock()
+		s := idem.NewRedisStore(client, idem.WithRedisKeyPrefix(prefix), idem.WithRedisClock(clock.Now))
+		token, _, err := s.Acquire(ctx, "k", testClaim, time.Minute)
+		require.NoError(t, err)
+		require.NoError(t, s.Complete(ctx, "k", token, completed(201, "{}"), 24*time.Hour))
+		require.NoError(t, client.Del(ctx, prefix+"{k}").Err()) // Redis lost it
+		clock.Advance(59 * time.Second)
+		_, held, err := s.Acquire(ctx, "k", testClaim, time.Minute)
+		require.NoError(t, err)
+		require.NotNil(t, held, "within the bound, the cache still answers")
+		clock.Advance(2 * time.Second)
+		_, held, err = s.Acquire(ctx, "k", testClaim, time.Minute)
+		require.NoError(t, err)
+		assert.Nil(t, held, "past a minute the cache asks Redis again, which has no record")
+	})
+}

@@ -34,6 +34,9 @@ type RedisStore struct {
 	cacheEntries int
 	cacheBytes   int64
 	orphans      orphans // timed-out acquisitions to release
+	cacheMaxAge  time.Duration
+	waitReplicas int // WAIT for this many replicas after Acquire and Complete; 0: no WAIT
+	waitTimeout  time.Duration
 }
 
 // NewRedisStore returns a [RedisStore] on client: a *redis.Client,
@@ -61,7 +64,7 @@ func NewRedisStore(client redis.UniversalClient, opts ...RedisStoreOption) *Redi
 		panic("idempotency: NewRedisStore with a nil client")
 	}
 	s := &RedisStore{client: client, prefix: "idem:", maxSize: DefaultRedisMaxRecordSize, now: time.Now,
-		cacheEntries: 10_000, cacheBytes: 32 << 20}
+		cacheEntries: 10_000, cacheBytes: 32 << 20, cacheMaxAge: defaultRedisCacheMaxAge}
 	for _, opt := range opts {
 		opt(s)
 	}
@@ -131,7 +134,8 @@ func (s *RedisStore) Acquire(ctx context.Context, key string, claim *Record, lea
 		orphanHead = ownerHead(orphan)
 	}
 	start := s.now() // before Redis reads the PTTL: start+PTTL is never past the real expiry
-	reply, err := acquireScript.Run(ctx, s.client, []string{s.redisKey(key)}, value, millis(lease), s.maxSize, orphanHead).Slice()
+	cmd, replicated := s.runScript(ctx, acquireScript, key, value, millis(lease), s.maxSize, orphanHead)
+	reply, err := cmd.Slice()
 	if err != nil {
 		if maybeApplied(err) {
 			until := time.Now().Add(2 * lease) // the script may run late, when a stalled Redis wakes
@@ -145,6 +149,10 @@ func (s *RedisStore) Acquire(ctx context.Context, key string, claim *Record, lea
 	code, _ := replyInt(reply, 0)
 	switch {
 	case code == 0 && len(reply) == 1:
+		if replicated != nil { // a lease a failover could forget: give it back
+			_ = releaseScript.Run(ctx, s.client, []string{s.redisKey(key)}, ownerHead(token)).Err()
+			return "", nil, fmt.Errorf("idempotency: redis acquire: %w", replicated)
+		}
 		return token.String(), nil, nil
 	case code == 1 && len(reply) == 3:
 		raw, ok := reply[1].(string)
@@ -160,8 +168,8 @@ func (s *RedisStore) Acquire(ctx context.Context, key string, claim *Record, lea
 			return "", nil, err
 		}
 		held.ExpiresAt = start.Add(time.Duration(pttl) * time.Millisecond)
-		if s.cache != nil && held.State == Completed {
-			s.cache.keep(key, held)
+		if held.State == Completed {
+			s.cacheRecord(key, held, start)
 		}
 		return "", held, nil
 	case code == 2:
@@ -175,15 +183,22 @@ func (s *RedisStore) Acquire(ctx context.Context, key string, claim *Record, lea
 
 // completeScript replaces the in-flight record owned by a token.
 // KEYS[1] is the record key; ARGV[1] the owner's record head (version,
-// InFlight, token), ARGV[2] the completed record, ARGV[3] its ttl in ms.
-// Replies 1 when stored, 0 when the token does not own an in-flight record
+// InFlight, token), ARGV[2] the completed record, ARGV[3] its ttl in ms,
+// ARGV[4] the head of the record this token completed. Replies 1 when
+// stored, 2 when this very record is already stored by this token (a retry
+// after a lost reply, or to wait for replicas again), 0 when the token owns
+// neither
 // (pcall: a key of another type is simply not owned).
 var completeScript = redis.NewScript(`
-if redis.pcall('GETRANGE', KEYS[1], 0, #ARGV[1] - 1) ~= ARGV[1] then
-  return 0
+local head = redis.pcall('GETRANGE', KEYS[1], 0, #ARGV[1] - 1)
+if head == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 1
+if head == ARGV[4] and redis.call('GET', KEYS[1]) == ARGV[2] then
+  return 2
+end
+return 0
 `)
 
 // Complete implements [Store]: one round trip. A record that would exceed
@@ -213,17 +228,20 @@ func (s *RedisStore) Complete(ctx context.Context, key, token string, rec *Recor
 		return fmt.Errorf("idempotency: redis complete: record of %d bytes without body exceeds the maximum record size %d", len(value), s.maxSize)
 	}
 	start := s.now()
-	n, err := completeScript.Run(ctx, s.client, []string{s.redisKey(key)}, ownerHead(owner), value, millis(ttl)).Int64()
-	if err != nil {
+	cmd, replicated := s.runScript(ctx, completeScript, key, ownerHead(owner), value, millis(ttl), completedHead(owner))
+	n, err := cmd.Int64()
+	switch {
+	case err != nil:
 		return fmt.Errorf("idempotency: redis complete: %w", err)
-	}
-	if n != 1 {
+	case n == 0:
 		return ErrNotOwner
+	case replicated != nil:
+		return fmt.Errorf("idempotency: redis complete: %w", replicated)
 	}
 	if s.cache != nil {
 		kept := *stored
 		kept.State, kept.Token, kept.ExpiresAt = Completed, token, start.Add(ttl)
-		s.cache.keep(key, &kept)
+		s.cacheRecord(key, &kept, start)
 	}
 	return nil
 }

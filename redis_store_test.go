@@ -113,10 +113,16 @@ func TestRedisStore_KeysAndExpiry(t *testing.T) {
 		pttl, err = client.PTTL(ctx, key).Result()
 		require.NoError(t, err)
 		assert.InDelta(t, ttl.Seconds(), pttl.Seconds(), 5, "the ttl is the completed record's PX")
-		_, held, err = s.Acquire(ctx, "k", testClaim, lease)
+		uncached := idem.NewRedisStore(client, idem.WithRedisKeyPrefix(prefix), idem.WithRedisLocalCache(0, 0))
+		_, held, err = uncached.Acquire(ctx, "k", testClaim, lease)
 		require.NoError(t, err)
 		require.NotNil(t, held)
 		assert.WithinDuration(t, time.Now().Add(ttl), held.ExpiresAt, 5*time.Second)
+		_, held, err = s.Acquire(ctx, "k", testClaim, lease)
+		require.NoError(t, err)
+		require.NotNil(t, held)
+		assert.WithinDuration(t, time.Now().Add(time.Minute), held.ExpiresAt, 5*time.Second,
+			"the local cache keeps a record at most a minute (SPEC 30)")
 
 		var keys []string
 		require.NoError(t, forEachKey(ctx, client, prefix, func(_ context.Context, _ redis.Cmdable, k string) error {
