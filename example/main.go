@@ -40,6 +40,7 @@ type config struct {
 	Latency     time.Duration // delay inside every write handler (a slow backend)
 	Idempotency bool          // false serves the routes without the middleware
 	RedisURL    string        // empty: in-memory store
+	Breaker     bool          // false: no circuit breaker around the store
 
 	// hold, when set, replaces the Latency delay in write handlers. Tests
 	// use it to keep a request in flight for as long as they need.
@@ -55,6 +56,7 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 		TTL:         24 * time.Hour,
 		Lease:       time.Minute,
 		Idempotency: true,
+		Breaker:     true,
 	}
 	if v := getenv("ADDR"); v != "" {
 		cfg.Addr = v
@@ -86,6 +88,7 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	fs.DurationVar(&cfg.Lease, "lease", cfg.Lease, "in-flight lease of an idempotency key (env IDEMPOTENCY_LEASE)")
 	fs.DurationVar(&cfg.Latency, "latency", cfg.Latency, "delay inside every write handler, a slow backend (env LATENCY)")
 	fs.BoolVar(&cfg.Idempotency, "idempotency", cfg.Idempotency, "use the idempotency middleware on write routes")
+	fs.BoolVar(&cfg.Breaker, "breaker", cfg.Breaker, "stop calling a failing store for a while (a circuit breaker)")
 	fs.StringVar(&cfg.RedisURL, "redis", cfg.RedisURL, "Redis `URL` for the idempotency store, e.g. redis://127.0.0.1:6379/0 (env REDIS_URL); empty: in memory")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
@@ -213,12 +216,16 @@ func newRouter(cfg config, store idempotency.Store) *gin.Engine {
 
 	var idem gin.HandlerFunc // nil with -idempotency=false
 	if cfg.Idempotency {
-		idem = idempotency.New(
+		opts := []idempotency.Option{
 			idempotency.WithStore(store),
 			idempotency.WithTTL(cfg.TTL),
 			idempotency.WithLease(cfg.Lease),
 			idempotency.WithScope(idempotency.ScopeFromContext(userKey)),
-		)
+		}
+		if !cfg.Breaker {
+			opts = append(opts, idempotency.WithCircuitBreaker(0, 0))
+		}
+		idem = idempotency.New(opts...)
 	}
 	// write returns the handler chain of a write route.
 	write := func(need right, h gin.HandlerFunc) []gin.HandlerFunc {

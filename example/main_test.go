@@ -156,6 +156,7 @@ func TestParseConfig(t *testing.T) {
 			TTL:         24 * time.Hour,
 			Lease:       time.Minute,
 			Idempotency: true,
+			Breaker:     true,
 		}, defaultConfig(t))
 	})
 	t.Run("env over defaults", func(t *testing.T) {
@@ -167,13 +168,14 @@ func TestParseConfig(t *testing.T) {
 			Lease:       30 * time.Second,
 			Latency:     250 * time.Millisecond,
 			Idempotency: true,
+			Breaker:     true,
 			RedisURL:    "redis://127.0.0.1:6379/1",
 		}, cfg)
 	})
 	t.Run("flags over env", func(t *testing.T) {
 		cfg, err := parseConfig([]string{
 			"-addr", ":0", "-ttl", "1h", "-lease", "5s", "-latency", "5s",
-			"-idempotency=false", "-redis", "redis://:secret@localhost:6380/2",
+			"-idempotency=false", "-breaker=false", "-redis", "redis://:secret@localhost:6380/2",
 		}, getenv)
 		require.NoError(t, err)
 		assert.Equal(t, config{
