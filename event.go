@@ -1,5 +1,7 @@
 package idempotency
 
+import "time"
+
 // EventKind names an outcome of the middleware for one request.
 type EventKind uint8
 
@@ -63,4 +65,33 @@ type Event struct {
 	Status int
 	// Err is the store error, for EventStoreError.
 	Err error
+	// StoreOp is the store call that led to this outcome, if any, and
+	// StoreLatency how long it took: an acquisition for acquired, replayed,
+	// conflict, mismatch and most store errors; a completion for completed;
+	// a release for released. Background retries of a completion report
+	// their last attempt.
+	StoreOp      StoreOp
+	StoreLatency time.Duration
+}
+
+// StoreOp names a store call, for latency metrics.
+type StoreOp uint8
+
+const (
+	// StoreAcquire is [Store.Acquire].
+	StoreAcquire StoreOp = iota + 1
+	// StoreComplete is [Store.Complete], or the commit of a [TxStore].
+	StoreComplete
+	// StoreRelease is [Store.Release].
+	StoreRelease
+)
+
+var storeOpNames = [...]string{"", "acquire", "complete", "release"}
+
+// String returns the call's name, such as "acquire", or "" for none.
+func (o StoreOp) String() string {
+	if int(o) < len(storeOpNames) {
+		return storeOpNames[o]
+	}
+	return ""
 }

@@ -56,6 +56,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
+	"time"
 
 	"github.com/gin-gonic/gin"
 )
@@ -121,6 +122,13 @@ type flight struct {
 	rec   recorder
 	lease leaseKeeper
 	mark  requestMark // the request's mark, when no outer middleware made one
+	call  storeCall   // the store call behind the next event
+}
+
+// storeCall is a store call, reported with the event that follows it.
+type storeCall struct {
+	op   StoreOp
+	took time.Duration
 }
 
 func (m *middleware) handle(c *gin.Context) {
@@ -326,6 +334,8 @@ func (m *middleware) emit(ctx context.Context, f *flight, kind EventKind, status
 		m.onEvent(ctx, Event{
 			Kind: kind, ScopeHash: hex.EncodeToString(f.scope[:]), Key: f.key,
 			Method: f.claim.Method, Route: f.route, Status: status, Err: err,
+			StoreOp: f.call.op, StoreLatency: f.call.took,
 		})
 	}
+	f.call = storeCall{}
 }

@@ -34,7 +34,9 @@ func (m *middleware) acquire(c *gin.Context, f *flight) (string, *Record, error)
 			return "", nil, ErrCircuitOpen
 		}
 		ctx, cancel := m.storeCtx(c.Request.Context())
+		start := time.Now()
 		token, held, err := m.store.Acquire(ctx, f.key, &f.claim, m.lease)
+		f.call = storeCall{StoreAcquire, time.Since(start)}
 		cancel()
 		done(err)
 		if err == nil && held != nil && !validRecord(held) {
@@ -92,7 +94,10 @@ func (m *middleware) complete(c *gin.Context, f *flight, token string, status in
 func (m *middleware) tryComplete(ctx context.Context, f *flight, token string, out *Record, status int, first bool) bool {
 	sctx, cancel := m.storeCtx(ctx)
 	defer cancel()
-	switch err := m.store.Complete(sctx, f.key, token, out, m.ttl); {
+	start := time.Now()
+	err := m.store.Complete(sctx, f.key, token, out, m.ttl)
+	f.call = storeCall{StoreComplete, time.Since(start)}
+	switch {
 	case errors.Is(err, ErrNotOwner):
 		m.emit(ctx, f, EventLostLease, status, err)
 	case err != nil:
@@ -134,7 +139,10 @@ func (m *middleware) completeLater(ctx context.Context, f *flight, token string,
 func (m *middleware) release(c *gin.Context, f *flight, token string, status int) {
 	ctx, cancel := m.storeCtx(c.Request.Context())
 	defer cancel()
-	switch err := m.store.Release(ctx, f.key, token); {
+	start := time.Now()
+	err := m.store.Release(ctx, f.key, token)
+	f.call = storeCall{StoreRelease, time.Since(start)}
+	switch {
 	case errors.Is(err, ErrNotOwner):
 		m.emit(c.Request.Context(), f, EventLostLease, status, err)
 	case err != nil:

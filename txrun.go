@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"time"
 
 	"github.com/gin-gonic/gin"
 )
@@ -55,7 +56,9 @@ func (m *middleware) endTx(c *gin.Context, f *flight, t *txRun, token string, st
 		return
 	}
 	sctx, cancel := m.storeCtx(ctx)
+	start := time.Now()
 	err := t.tx.Commit(sctx, f.rec.result(&f.claim), m.ttl)
+	f.call = storeCall{StoreComplete, time.Since(start)}
 	cancel()
 	m.leases.stop(&f.lease)
 	switch {
