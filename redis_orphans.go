@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -21,6 +22,7 @@ import (
 // Releases run from a timer, armed only while orphans are pending: there is
 // no goroutine to stop, and an orphan is forgotten once its lease is over.
 type orphans struct {
+	any     atomic.Bool // some are pending: the only thing an acquisition reads when none are
 	mu      sync.Mutex
 	pending map[string][]orphan // by store key
 	timer   *time.Timer
@@ -63,6 +65,7 @@ func (s *RedisStore) addOrphan(key string, token redisToken, until time.Time) {
 		return
 	}
 	o.pending[key] = append(o.pending[key], orphan{token, until})
+	o.any.Store(true)
 	if !o.armed {
 		o.armed, o.pause = true, 50*time.Millisecond
 		if o.timer == nil {
@@ -77,6 +80,9 @@ func (s *RedisStore) addOrphan(key string, token redisToken, until time.Time) {
 // acquisition of the same key to take over.
 func (s *RedisStore) takeOrphan(key string) (redisToken, bool) {
 	o := &s.orphans
+	if !o.any.Load() {
+		return redisToken{}, false
+	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	list := o.pending[key]
@@ -86,6 +92,7 @@ func (s *RedisStore) takeOrphan(key string) (redisToken, bool) {
 	taken := list[len(list)-1]
 	if len(list) == 1 {
 		delete(o.pending, key)
+		o.any.Store(len(o.pending) > 0)
 	} else {
 		o.pending[key] = list[:len(list)-1]
 	}
@@ -132,6 +139,7 @@ func (s *RedisStore) releaseOrphans() {
 
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	o.any.Store(len(o.pending) > 0)
 	if o.armed = len(o.pending) > 0; o.armed {
 		if failed > 0 {
 			o.pause = min(2*o.pause, orphanPauseMax)
@@ -146,5 +154,6 @@ func (s *RedisStore) requeueOrphan(key string, x orphan) {
 	defer o.mu.Unlock()
 	if len(o.pending[key]) < maxOrphansPerKey {
 		o.pending[key] = append(o.pending[key], x)
+		o.any.Store(true)
 	}
 }
