@@ -1,0 +1,357 @@
+package pgstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/ginidem/idempotency"
+)
+
+// Store is an [idempotency.TxStore] on Postgres: each record is a row of
+// one table (see [Store.Schema]), so every replica of a service on one
+// database shares the same records, and a handler's writes and its record
+// can commit in one transaction (see [Store.Begin] and [Tx]).
+//
+// Each Store method is one statement, one round trip: a first request costs
+// two (Acquire, Complete), or four in the request's transaction (Acquire,
+// BEGIN, then the record's UPDATE and COMMIT); a replay one, or none when
+// the local cache has the record. Leases and
+// record lifetimes are computed on the database's clock; an expired row
+// is free for the next Acquire and is deleted by [Store.Sweep].
+//
+// A Store is safe for concurrent use. It does not own the pool and never
+// closes it, and it runs no goroutine.
+type Store struct {
+	pool  *pgxpool.Pool
+	table string
+	clock func() time.Time // nil: time.Now, with no shift of the database's clock
+	// cache bounds, read when the store is built
+	cacheEntries int
+	cacheBytes   int64
+	cacheMaxAge  time.Duration
+	cache        *cache // nil when off
+	maxBody      int
+	txOptions    pgx.TxOptions
+	sql          statements
+}
+
+// New returns a [Store] on pool, configured by opts. It panics, with a
+// "pgstore:" prefix, when pool is nil or an option is invalid. Create the
+// table with [Store.Migrate] (or the SQL of [Store.Schema]) before use.
+//
+//	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL"))
+//	...
+//	store := pgstore.New(pool)
+//	if err := store.Migrate(ctx); err != nil { ... }
+//	r.Use(idempotency.New(idempotency.WithStore(store)))
+func New(pool *pgxpool.Pool, opts ...Option) *Store {
+	if pool == nil {
+		panic("pgstore: New with a nil pool")
+	}
+	s := &Store{pool: pool, table: DefaultTable, cacheEntries: 10_000, cacheBytes: 32 << 20,
+		cacheMaxAge: time.Minute, maxBody: DefaultMaxBodySize}
+	for _, opt := range opts {
+		opt.apply(s)
+	}
+	if err := validTable(s.table); err != nil {
+		panic(err.Error())
+	}
+	if s.cacheEntries > 0 && s.cacheBytes > 0 && s.cacheMaxAge > 0 {
+		s.cache = newCache(s.cacheEntries, s.cacheBytes, s.cacheMaxAge)
+	}
+	s.sql = newStatements(s.table)
+	return s
+}
+
+// now reads the store's clock.
+func (s *Store) now() time.Time {
+	if s.clock == nil {
+		return time.Now()
+	}
+	return s.clock()
+}
+
+// shift is how far the store's clock is from time.Now: the interval added
+// to the database's clock in every statement (see WithClock).
+func (s *Store) shift() time.Duration {
+	if s.clock == nil {
+		return 0
+	}
+	return s.clock().Sub(time.Now())
+}
+
+// maxMetaSize bounds the bytes of fingerprint, method, path and header
+// column that Acquire reads from a row: far above what the middleware
+// writes (a 32-byte fingerprint, a path within the request line's limit,
+// headers within 64 KiB), so a larger row is not a record of this package.
+const maxMetaSize = 2 << 20
+
+// acquireAttempts bounds the statements one Acquire runs. A second one runs
+// only when the row changed hands while the first ran (see Acquire).
+const acquireAttempts = 5
+
+// Acquire implements [idempotency.Store]: one round trip, or none for a
+// completed record in the local cache. A row under the key that is not a
+// readable record is an error wrapping [ErrCorruptRecord]; Acquire leaves it
+// in place.
+//
+// The statement reads the live row that holds the key, or else inserts the
+// key, taking it over when its row has expired. Under read committed, a row
+// that another request inserted or took over after the statement's
+// snapshot is seen by the insert but not by the read, and the statement
+// returns nothing: Acquire then runs it again, at most a few times. A held
+// key costs a read: no row lock, no write.
+func (s *Store) Acquire(ctx context.Context, key string, claim *idempotency.Record, lease time.Duration) (string, *idempotency.Record, error) {
+	if err := ctx.Err(); err != nil {
+		return "", nil, err
+	}
+	if s.cache != nil {
+		if held := s.cache.get(key, s.now()); held != nil {
+			return "", held, nil
+		}
+	}
+	var fp []byte
+	var method, path string
+	if claim != nil {
+		fp, method, path = claim.Fingerprint, claim.Method, claim.Path
+	}
+	id := uuid.New() // random (v4)
+	token := pgtype.UUID{Bytes: id, Valid: true}
+	for range acquireAttempts {
+		start := s.now() // before Postgres reads its clock: start+remaining is never past the real expiry
+		var r heldRow
+		err := s.pool.QueryRow(ctx, s.sql.acquire, key, token, nonNil(fp), method, path, lease, s.shift(), s.maxBody, maxMetaSize).
+			Scan(&r.acquired, &r.state, &r.token, &r.fingerprint, &r.method, &r.path, &r.status, &r.header, &r.metaLen,
+				&r.body, &r.bodyLen, &r.bodyOmitted, &r.expiresAt, &r.dbNow)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			continue // a live row committed after the statement's snapshot: run it again
+		case err != nil:
+			return "", nil, fmt.Errorf("pgstore: acquire: %w", err)
+		case r.acquired:
+			return id.String(), nil, nil
+		}
+		held, err := r.record(s.maxBody, start)
+		if err != nil {
+			return "", nil, err
+		}
+		if s.cache != nil && held.State == idempotency.Completed {
+			s.cache.put(key, held, start)
+		}
+		return "", held, nil
+	}
+	return "", nil, fmt.Errorf("pgstore: acquire: the key changed hands during each of %d attempts", acquireAttempts)
+}
+
+// heldRow is the reply of the acquire statement.
+type heldRow struct {
+	acquired         bool
+	state            int16
+	token            pgtype.UUID
+	fingerprint      []byte
+	method, path     string
+	status           int32
+	header, body     []byte
+	metaLen, bodyLen int64
+	bodyOmitted      bool
+	expiresAt, dbNow time.Time
+}
+
+// record returns the record of a held row, read at start on the store's
+// clock.
+func (r *heldRow) record(maxBody int, start time.Time) (*idempotency.Record, error) {
+	state := idempotency.State(r.state)
+	switch {
+	case state != idempotency.InFlight && state != idempotency.Completed:
+		return nil, fmt.Errorf("%w: unknown state %d", ErrCorruptRecord, r.state)
+	case !r.token.Valid:
+		return nil, fmt.Errorf("%w: no token", ErrCorruptRecord)
+	case r.metaLen > maxMetaSize:
+		return nil, fmt.Errorf("%w: %d bytes of fingerprint, method, path and headers, more than the maximum %d",
+			ErrCorruptRecord, r.metaLen, maxMetaSize)
+	case r.bodyLen > int64(maxBody):
+		return nil, fmt.Errorf("%w: a body of %d bytes, more than the maximum %d", ErrCorruptRecord, r.bodyLen, maxBody)
+	case r.status < 0 || r.status > 999:
+		return nil, fmt.Errorf("%w: status %d out of range", ErrCorruptRecord, r.status)
+	case r.bodyOmitted && r.bodyLen > 0:
+		return nil, fmt.Errorf("%w: %d body bytes on a record without body", ErrCorruptRecord, r.bodyLen)
+	}
+	header, err := decodeHeader(r.header)
+	if err != nil {
+		return nil, err
+	}
+	rec := &idempotency.Record{
+		State:       state,
+		Token:       uuid.UUID(r.token.Bytes).String(),
+		Fingerprint: r.fingerprint,
+		Method:      r.method,
+		Path:        r.path,
+		Status:      int(r.status),
+		Header:      header,
+		BodyOmitted: r.bodyOmitted,
+		ExpiresAt:   start.Add(r.expiresAt.Sub(r.dbNow)),
+	}
+	if len(r.body) > 0 {
+		rec.Body = r.body
+	}
+	return rec, nil
+}
+
+// Complete implements [idempotency.Store]: one round trip. A record whose
+// body is larger than the store's maximum body size is kept without it (see
+// [WithMaxBodySize]). So is a record with more than 64 headers, 256 header
+// values or 64 KiB of header names and values, or with an invalid or
+// non-canonical header name or an invalid value: it keeps only its Location
+// header, so that duplicates get 409 with it.
+func (s *Store) Complete(ctx context.Context, key, token string, rec *idempotency.Record, ttl time.Duration) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	owner, ok := parseToken(token)
+	if !ok {
+		return idempotency.ErrNotOwner
+	}
+	stored := s.storable(rec)
+	start := s.now()
+	tag, err := s.pool.Exec(ctx, s.sql.complete, s.completeArgs(key, owner, stored, ttl)...)
+	if err != nil {
+		return fmt.Errorf("pgstore: complete: %w", err)
+	}
+	if tag.RowsAffected() != 1 {
+		return idempotency.ErrNotOwner
+	}
+	s.keep(key, token, stored, ttl, start)
+	return nil
+}
+
+// storable returns rec as Complete writes it: within the header bounds and
+// the maximum body size.
+func (s *Store) storable(rec *idempotency.Record) *idempotency.Record {
+	if !headerWithinBounds(rec.Header) {
+		return withoutBody(rec, locationOnly(rec.Header))
+	}
+	if len(rec.Body) > s.maxBody || (rec.BodyOmitted && len(rec.Body) > 0) {
+		return withoutBody(rec, rec.Header)
+	}
+	return rec
+}
+
+// withoutBody returns a copy of rec without its body and with header h: a
+// record that cannot be replayed, whose duplicates get 409 with the
+// Location it keeps.
+func withoutBody(rec *idempotency.Record, h http.Header) *idempotency.Record {
+	r := *rec
+	r.Body, r.BodyOmitted, r.Header = nil, true, h
+	return &r
+}
+
+// completeArgs are the arguments of the complete statement.
+func (s *Store) completeArgs(key string, owner pgtype.UUID, rec *idempotency.Record, ttl time.Duration) []any {
+	var body []byte
+	if !rec.BodyOmitted {
+		body = nonNil(rec.Body)
+	}
+	return []any{key, owner, nonNil(rec.Fingerprint), rec.Method, rec.Path, rec.Status,
+		encodeHeader(rec.Header), body, rec.BodyOmitted, ttl, s.shift()}
+}
+
+// keep caches the completed record that token wrote for key, at start on
+// the store's clock, kept for ttl.
+func (s *Store) keep(key, token string, stored *idempotency.Record, ttl time.Duration, start time.Time) {
+	if s.cache == nil {
+		return
+	}
+	kept := *stored
+	kept.State, kept.Token, kept.ExpiresAt = idempotency.Completed, token, start.Add(ttl)
+	s.cache.put(key, &kept, start)
+}
+
+// Release implements [idempotency.Store]: one round trip.
+func (s *Store) Release(ctx context.Context, key, token string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	owner, ok := parseToken(token)
+	if !ok {
+		return idempotency.ErrNotOwner
+	}
+	tag, err := s.pool.Exec(ctx, s.sql.release, key, owner, s.shift())
+	if err != nil {
+		return fmt.Errorf("pgstore: release: %w", err)
+	}
+	if tag.RowsAffected() != 1 {
+		return idempotency.ErrNotOwner
+	}
+	return nil
+}
+
+// Extend implements [idempotency.Store]: one round trip.
+func (s *Store) Extend(ctx context.Context, key, token string, lease time.Duration) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	owner, ok := parseToken(token)
+	if !ok {
+		return idempotency.ErrNotOwner
+	}
+	tag, err := s.pool.Exec(ctx, s.sql.extend, key, owner, lease, s.shift())
+	if err != nil {
+		return fmt.Errorf("pgstore: extend: %w", err)
+	}
+	if tag.RowsAffected() != 1 {
+		return idempotency.ErrNotOwner
+	}
+	return nil
+}
+
+// Delete implements [idempotency.Store]: one round trip, a DELETE of the
+// key's row whatever its state. It also drops the record from this
+// store's local cache; other processes that cached it may replay it until
+// it leaves their caches (see [WithLocalCache]).
+func (s *Store) Delete(ctx context.Context, key string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	_, err := s.pool.Exec(ctx, s.sql.delete, key)
+	if s.cache != nil {
+		// After the DELETE: dropped before it, the record could be cached
+		// again in between. Dropped even when the DELETE failed.
+		s.cache.forget(key)
+	}
+	if err != nil {
+		return fmt.Errorf("pgstore: delete: %w", err)
+	}
+	return nil
+}
+
+// parseToken reads a token returned by Acquire. A string that is not a UUID
+// was not issued by a Store, so it owns no key.
+func parseToken(s string) (pgtype.UUID, bool) {
+	id, err := uuid.Parse(s)
+	if err != nil {
+		return pgtype.UUID{}, false
+	}
+	return pgtype.UUID{Bytes: id, Valid: true}, true
+}
+
+// nonNil returns b, or an empty slice for nil: pgx sends a nil slice as
+// NULL.
+func nonNil(b []byte) []byte {
+	if b == nil {
+		return []byte{}
+	}
+	return b
+}
+
+var (
+	_ idempotency.Store   = (*Store)(nil)
+	_ idempotency.TxStore = (*Store)(nil)
+)

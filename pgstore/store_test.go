@@ -1,0 +1,335 @@
+package pgstore_test
+
+import (
+	"context"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	idem "github.com/ginidem/idempotency"
+	"github.com/ginidem/idempotency/pgstore"
+)
+
+// fakeClock is a manually advanced clock.
+type fakeClock struct{ ns atomic.Int64 }
+
+func newFakeClock() *fakeClock {
+	c := &fakeClock{}
+	c.ns.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
+	return c
+}
+
+func (c *fakeClock) Now() time.Time          { return time.Unix(0, c.ns.Load()) }
+func (c *fakeClock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
+
+// shiftedClock is the real clock moved forward by Advance: for a store that
+// shares a table with a process on the real clock (the crash tests).
+type shiftedClock struct{ shift atomic.Int64 }
+
+func (c *shiftedClock) Now() time.Time          { return time.Now().Add(time.Duration(c.shift.Load())) }
+func (c *shiftedClock) Advance(d time.Duration) { c.shift.Add(int64(d)) }
+
+// newStore returns a migrated store on db.
+func newStore(t testing.TB, db *testDB, opts ...pgstore.Option) *pgstore.Store {
+	t.Helper()
+	s := pgstore.New(db.pool, opts...)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	require.NoError(t, s.Migrate(ctx))
+	return s
+}
+
+// storeHarness builds a fresh, empty store for one test, with a way to move
+// the store's clock forward: as in the root package's store suite.
+type storeHarness struct {
+	name string
+	new  func(t *testing.T) (store idem.Store, advance func(time.Duration))
+}
+
+// pgHarnesses are the Postgres configurations the conformance table runs
+// on: with the local cache (the default) and without it.
+func pgHarnesses() []storeHarness {
+	build := func(opts ...pgstore.Option) func(t *testing.T) (idem.Store, func(time.Duration)) {
+		return func(t *testing.T) (idem.Store, func(time.Duration)) {
+			clock := newFakeClock()
+			return newStore(t, newTestDB(t), append([]pgstore.Option{pgstore.WithClock(clock.Now)}, opts...)...), clock.Advance
+		}
+	}
+	return []storeHarness{
+		{name: "postgres", new: build()},
+		{name: "postgres-nocache", new: build(pgstore.WithLocalCache(0, 0))},
+	}
+}
+
+func storeCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+var testClaim = &idem.Record{Fingerprint: []byte("fp-1"), Method: http.MethodPost, Path: "/things"}
+
+// TestStoreConformance is the store-level contract every Store keeps: a
+// copy of the root package's table (store_suite_test.go), which lives in
+// package idempotency_test and cannot be imported from here.
+func TestStoreConformance(t *testing.T) {
+	const lease, ttl = time.Minute, time.Hour
+	cases := []struct {
+		name string
+		run  func(t *testing.T, s idem.Store, advance func(time.Duration))
+	}{
+		{"spec10/acquire free key returns a token", func(t *testing.T, s idem.Store, _ func(time.Duration)) {
+			token, held, err := s.Acquire(storeCtx(t), "k", testClaim, lease)
+			require.NoError(t, err)
+			assert.NotEmpty(t, token)
+			assert.Nil(t, held)
+		}},
+		{"spec10/acquire held key returns the in-flight record", func(t *testing.T, s idem.Store, _ func(time.Duration)) {
+			ctx := storeCtx(t)
+			_, _, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			token, held, err := s.Acquire(ctx, "k", &idem.Record{Fingerprint: []byte("other")}, lease)
+			require.NoError(t, err)
+			assert.Empty(t, token)
+			require.NotNil(t, held)
+			assert.Equal(t, idem.InFlight, held.State)
+			assert.Equal(t, testClaim.Fingerprint, held.Fingerprint)
+			assert.Equal(t, testClaim.Method, held.Method)
+			assert.Equal(t, testClaim.Path, held.Path)
+		}},
+		{"spec10/tokens are unique per acquisition", func(t *testing.T, s idem.Store, advance func(time.Duration)) {
+			ctx := storeCtx(t)
+			first, _, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			advance(lease + time.Second)
+			second, held, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			assert.Nil(t, held)
+			assert.NotEqual(t, first, second)
+		}},
+		{"spec11/complete stores the response exactly", func(t *testing.T, s idem.Store, _ func(time.Duration)) {
+			ctx := storeCtx(t)
+			token, _, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			body := []byte("{\"id\":1}\x00\xff binary \r\n")
+			rec := &idem.Record{
+				State: idem.Completed, Fingerprint: testClaim.Fingerprint, Method: "POST", Path: "/things",
+				Status: 201, Header: http.Header{"Location": {"/things/1"}, "Link": {"<a>", "<b>"}}, Body: body,
+			}
+			require.NoError(t, s.Complete(ctx, "k", token, rec, ttl))
+			_, held, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			require.NotNil(t, held)
+			assert.Equal(t, idem.Completed, held.State)
+			assert.Equal(t, 201, held.Status)
+			assert.Equal(t, rec.Header, held.Header)
+			assert.Equal(t, body, held.Body)
+			assert.False(t, held.BodyOmitted)
+			assert.Equal(t, testClaim.Fingerprint, held.Fingerprint)
+			assert.Equal(t, "POST", held.Method)
+			assert.Equal(t, "/things", held.Path)
+			assert.True(t, held.ExpiresAt.After(time.Now().Add(-time.Hour*24*365*10)), "ExpiresAt is set")
+		}},
+		{"spec14/a completed record without body keeps BodyOmitted", func(t *testing.T, s idem.Store, _ func(time.Duration)) {
+			ctx := storeCtx(t)
+			token, _, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			rec := &idem.Record{State: idem.Completed, Fingerprint: testClaim.Fingerprint, Status: 200,
+				Header: http.Header{"Location": {"/s"}}, BodyOmitted: true}
+			require.NoError(t, s.Complete(ctx, "k", token, rec, ttl))
+			_, held, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			require.NotNil(t, held)
+			assert.True(t, held.BodyOmitted)
+			assert.Empty(t, held.Body)
+			assert.Equal(t, "/s", held.Header.Get("Location"))
+		}},
+		{"spec12/release frees the key", func(t *testing.T, s idem.Store, _ func(time.Duration)) {
+			ctx := storeCtx(t)
+			token, _, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			require.NoError(t, s.Release(ctx, "k", token))
+			again, held, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			assert.Nil(t, held)
+			assert.NotEmpty(t, again)
+		}},
+		{"spec23/wrong token cannot complete, release or extend", func(t *testing.T, s idem.Store, _ func(time.Duration)) {
+			ctx := storeCtx(t)
+			token, _, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			rec := &idem.Record{State: idem.Completed, Status: 200}
+			assert.ErrorIs(t, s.Complete(ctx, "k", "not-"+token, rec, ttl), idem.ErrNotOwner)
+			assert.ErrorIs(t, s.Release(ctx, "k", "not-"+token), idem.ErrNotOwner)
+			assert.ErrorIs(t, s.Extend(ctx, "k", "not-"+token, lease), idem.ErrNotOwner)
+			other := "00000000-0000-4000-8000-000000000000" // a well-formed token that was never issued
+			assert.ErrorIs(t, s.Complete(ctx, "k", other, rec, ttl), idem.ErrNotOwner)
+			assert.ErrorIs(t, s.Release(ctx, "k", other), idem.ErrNotOwner)
+			assert.ErrorIs(t, s.Extend(ctx, "k", other, lease), idem.ErrNotOwner)
+			_, held, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			require.NotNil(t, held)
+			assert.Equal(t, idem.InFlight, held.State)
+		}},
+		{"spec23/a completed record cannot be released or completed again", func(t *testing.T, s idem.Store, _ func(time.Duration)) {
+			ctx := storeCtx(t)
+			token, _, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			require.NoError(t, s.Complete(ctx, "k", token, &idem.Record{State: idem.Completed, Status: 201, Body: []byte("a")}, ttl))
+			assert.ErrorIs(t, s.Release(ctx, "k", token), idem.ErrNotOwner)
+			assert.ErrorIs(t, s.Extend(ctx, "k", token, lease), idem.ErrNotOwner)
+			assert.ErrorIs(t, s.Complete(ctx, "k", token, &idem.Record{State: idem.Completed, Status: 200, Body: []byte("b")}, ttl), idem.ErrNotOwner)
+			_, held, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			require.NotNil(t, held)
+			assert.Equal(t, []byte("a"), held.Body)
+		}},
+		{"spec23/an expired owner cannot overwrite the newer record", func(t *testing.T, s idem.Store, advance func(time.Duration)) {
+			ctx := storeCtx(t)
+			old, _, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			advance(lease + time.Second)
+			fresh, held, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			require.Nil(t, held)
+			assert.ErrorIs(t, s.Complete(ctx, "k", old, &idem.Record{State: idem.Completed, Status: 200}, ttl), idem.ErrNotOwner)
+			assert.ErrorIs(t, s.Release(ctx, "k", old), idem.ErrNotOwner)
+			require.NoError(t, s.Complete(ctx, "k", fresh, &idem.Record{State: idem.Completed, Status: 201}, ttl))
+			_, held, err = s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			require.NotNil(t, held)
+			assert.Equal(t, 201, held.Status)
+		}},
+		{"spec23/an expired lease that nobody took can no longer be completed", func(t *testing.T, s idem.Store, advance func(time.Duration)) {
+			ctx := storeCtx(t)
+			token, _, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			advance(lease + time.Second)
+			assert.ErrorIs(t, s.Extend(ctx, "k", token, lease), idem.ErrNotOwner)
+			assert.ErrorIs(t, s.Complete(ctx, "k", token, &idem.Record{State: idem.Completed, Status: 200}, ttl), idem.ErrNotOwner)
+		}},
+		{"spec10/extend keeps the lease past its first end", func(t *testing.T, s idem.Store, advance func(time.Duration)) {
+			ctx := storeCtx(t)
+			token, _, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			advance(lease / 2)
+			require.NoError(t, s.Extend(ctx, "k", token, lease))
+			advance(lease/2 + time.Second)
+			_, held, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			require.NotNil(t, held, "the extended lease still holds the key")
+			require.NoError(t, s.Complete(ctx, "k", token, &idem.Record{State: idem.Completed, Status: 200}, ttl))
+		}},
+		{"spec10/an expired lease frees the key", func(t *testing.T, s idem.Store, advance func(time.Duration)) {
+			ctx := storeCtx(t)
+			_, _, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			advance(lease + time.Second)
+			token, held, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			assert.Nil(t, held)
+			assert.NotEmpty(t, token)
+		}},
+		{"spec19/a completed record expires after its ttl", func(t *testing.T, s idem.Store, advance func(time.Duration)) {
+			ctx := storeCtx(t)
+			token, _, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			require.NoError(t, s.Complete(ctx, "k", token, &idem.Record{State: idem.Completed, Status: 200}, ttl))
+			advance(ttl - time.Minute)
+			_, held, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			require.NotNil(t, held, "still kept before the ttl")
+			advance(2 * time.Minute)
+			_, held, err = s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			assert.Nil(t, held, "new again after the ttl")
+		}},
+		{"spec6/keys are independent", func(t *testing.T, s idem.Store, _ func(time.Duration)) {
+			ctx := storeCtx(t)
+			a, _, err := s.Acquire(ctx, "a", testClaim, lease)
+			require.NoError(t, err)
+			b, held, err := s.Acquire(ctx, "b", testClaim, lease)
+			require.NoError(t, err)
+			assert.Nil(t, held)
+			assert.NotEqual(t, a, b)
+		}},
+		{"spec10/concurrent acquires: exactly one wins", func(t *testing.T, s idem.Store, _ func(time.Duration)) {
+			ctx := storeCtx(t)
+			var wins atomic.Int32
+			var wg sync.WaitGroup
+			for range 50 {
+				wg.Go(func() {
+					token, held, err := s.Acquire(ctx, "k", testClaim, lease)
+					assert.NoError(t, err)
+					if token != "" {
+						wins.Add(1)
+					} else {
+						assert.NotNil(t, held, "a loser gets the held record")
+					}
+				})
+			}
+			wg.Wait()
+			assert.Equal(t, int32(1), wins.Load())
+		}},
+		{"spec29/delete forgets a completed record", func(t *testing.T, s idem.Store, _ func(time.Duration)) {
+			ctx := storeCtx(t)
+			token, _, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			require.NoError(t, s.Complete(ctx, "k", token, &idem.Record{State: idem.Completed, Status: 201}, ttl))
+			require.NoError(t, s.Delete(ctx, "k"))
+			again, held, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			assert.Nil(t, held, "the key runs as new")
+			assert.NotEmpty(t, again)
+		}},
+		{"spec29/delete frees an in-flight key and the old token no longer owns it", func(t *testing.T, s idem.Store, _ func(time.Duration)) {
+			ctx := storeCtx(t)
+			old, _, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			require.NoError(t, s.Delete(ctx, "k"))
+			assert.ErrorIs(t, s.Extend(ctx, "k", old, lease), idem.ErrNotOwner)
+			assert.ErrorIs(t, s.Release(ctx, "k", old), idem.ErrNotOwner)
+			assert.ErrorIs(t, s.Complete(ctx, "k", old, &idem.Record{State: idem.Completed, Status: 200}, ttl), idem.ErrNotOwner)
+			fresh, held, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			require.Nil(t, held)
+			assert.NotEqual(t, old, fresh)
+			assert.ErrorIs(t, s.Complete(ctx, "k", old, &idem.Record{State: idem.Completed, Status: 200}, ttl), idem.ErrNotOwner,
+				"nor the new record")
+			require.NoError(t, s.Complete(ctx, "k", fresh, &idem.Record{State: idem.Completed, Status: 201}, ttl))
+		}},
+		{"spec29/deleting a missing key is no error", func(t *testing.T, s idem.Store, _ func(time.Duration)) {
+			ctx := storeCtx(t)
+			assert.NoError(t, s.Delete(ctx, "never"))
+			_, _, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			require.NoError(t, s.Delete(ctx, "k"))
+			assert.NoError(t, s.Delete(ctx, "k"), "twice")
+		}},
+		{"spec22/a cancelled context is an error", func(t *testing.T, s idem.Store, _ func(time.Duration)) {
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel()
+			_, _, err := s.Acquire(ctx, "k", testClaim, lease)
+			assert.Error(t, err)
+			assert.Error(t, s.Complete(ctx, "k", "00000000-0000-4000-8000-000000000000", &idem.Record{State: idem.Completed, Status: 200}, ttl))
+			assert.Error(t, s.Release(ctx, "k", "00000000-0000-4000-8000-000000000000"))
+			assert.Error(t, s.Extend(ctx, "k", "00000000-0000-4000-8000-000000000000", lease))
+			assert.Error(t, s.Delete(ctx, "k"))
+		}},
+	}
+	for _, h := range pgHarnesses() {
+		t.Run(h.name, func(t *testing.T) {
+			for _, tc := range cases {
+				t.Run(tc.name, func(t *testing.T) {
+					s, advance := h.new(t)
+					tc.run(t, s, advance)
+				})
+			}
+		})
+	}
+}
