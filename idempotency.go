@@ -253,7 +253,8 @@ func (m *middleware) run(c *gin.Context, f *flight, mark *requestMark, token str
 		if panicked { // release now; the panic goes on to Gin's recovery
 			m.leases.stop(&f.lease)
 			c.Writer = out
-			if t != nil {
+			if t != nil { // roll back first: the handler's locks would hold up the release
+				t.tx.Rollback(context.WithoutCancel(c.Request.Context()))
 				t.hold.discard()
 			}
 			m.release(c, f, token, http.StatusInternalServerError)

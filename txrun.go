@@ -55,12 +55,12 @@ func (m *middleware) endTx(c *gin.Context, f *flight, t *txRun, token string, st
 		m.notCommitted(c, t)
 		return
 	}
+	m.leases.stop(&f.lease) // a renewal would wait on the row the commit locks
 	sctx, cancel := m.storeCtx(ctx)
 	start := time.Now()
 	err := t.tx.Commit(sctx, f.rec.result(&f.claim), m.ttl)
 	f.call = storeCall{StoreComplete, time.Since(start)}
 	cancel()
-	m.leases.stop(&f.lease)
 	switch {
 	case err == nil:
 		m.emit(ctx, f, EventCompleted, status, nil)

@@ -31,9 +31,12 @@ type TxStore interface {
 // Tx is the transaction of one keyed request on a [TxStore].
 type Tx interface {
 	// Commit writes rec (State Completed) as the key's record, kept for
-	// ttl, and commits everything written through the transaction. When the
-	// token given to Begin no longer owns the key, it rolls everything back
-	// and returns [ErrNotOwner]. Any error means nothing was committed.
+	// ttl, and commits everything written through the transaction: the
+	// record and the handler's writes commit together or not at all. When
+	// the token given to Begin no longer owns the key, it rolls everything
+	// back and returns [ErrNotOwner]. On any error the client is not told
+	// of a success; when the connection broke during the commit, the
+	// outcome may be either, and a retry finds out (a replay, or a new run).
 	Commit(ctx context.Context, rec *Record, ttl time.Duration) error
 	// Rollback discards everything written through the transaction. It is
 	// safe to call after Commit, and then does nothing.
