@@ -5,6 +5,7 @@
 //	go run ./example                       # memory store on 127.0.0.1:8080
 //	go run ./example -latency 5s           # slow writes, to see in-flight conflicts
 //	go run ./example -idempotency=false    # the same routes without the middleware
+//	go run ./example -metrics              # also serve Prometheus metrics on /metrics
 //	go run ./example -redis redis://127.0.0.1:6379/0
 //
 // Every flag has an environment variable (ADDR, IDEMPOTENCY_TTL,
@@ -41,6 +42,7 @@ type config struct {
 	Idempotency bool          // false serves the routes without the middleware
 	RedisURL    string        // empty: in-memory store
 	Breaker     bool          // false: no circuit breaker around the store
+	Metrics     bool          // serve the middleware's Prometheus metrics on /metrics
 
 	// hold, when set, replaces the Latency delay in write handlers. Tests
 	// use it to keep a request in flight for as long as they need.
@@ -89,6 +91,7 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	fs.DurationVar(&cfg.Latency, "latency", cfg.Latency, "delay inside every write handler, a slow backend (env LATENCY)")
 	fs.BoolVar(&cfg.Idempotency, "idempotency", cfg.Idempotency, "use the idempotency middleware on write routes")
 	fs.BoolVar(&cfg.Breaker, "breaker", cfg.Breaker, "stop calling a failing store for a while (a circuit breaker)")
+	fs.BoolVar(&cfg.Metrics, "metrics", cfg.Metrics, "serve the idempotency middleware's Prometheus metrics on /metrics")
 	fs.StringVar(&cfg.RedisURL, "redis", cfg.RedisURL, "Redis `URL` for the idempotency store, e.g. redis://127.0.0.1:6379/0 (env REDIS_URL); empty: in memory")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
@@ -224,6 +227,9 @@ func newRouter(cfg config, store idempotency.Store) *gin.Engine {
 		}
 		if !cfg.Breaker {
 			opts = append(opts, idempotency.WithCircuitBreaker(0, 0))
+		}
+		if cfg.Metrics {
+			opts = append(opts, serveMetrics(r))
 		}
 		idem = idempotency.New(opts...)
 	}
