@@ -6,6 +6,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/http"
+
+	"github.com/ginidem/idempotency/internal/wire"
 )
 
 // ErrCorruptRecord is returned by [RedisStore.Acquire] when the value under a
@@ -28,7 +31,7 @@ var ErrCorruptRecord = errors.New("idempotency: corrupt record in the Redis stor
 //	             flags byte (bit 0: BodyOmitted)
 //	             uvarint header count, then per header: uvarint length +
 //	             name, uvarint value count, per value uvarint length + value
-//	             (bounded in number and size: see redis_headers.go)
+//	             (bounded in number and size: see internal/wire)
 //	             uvarint length + body
 //
 // A record must end exactly after its body, so a truncated value or one
@@ -99,50 +102,29 @@ func recordHead(state State, t redisToken) string {
 // expiry (PX).
 func encodeRecord(state State, token redisToken, rec *Record) []byte {
 	size := recordHeadLen + 3*binary.MaxVarintLen64 + len(rec.Fingerprint) + len(rec.Method) + len(rec.Path) +
-		binary.MaxVarintLen64 + 1 + 2*binary.MaxVarintLen64 + len(rec.Body)
-	for name, values := range rec.Header {
-		size += 2*binary.MaxVarintLen64 + len(name)
-		for _, v := range values {
-			size += binary.MaxVarintLen64 + len(v)
-		}
-	}
+		binary.MaxVarintLen64 + 1 + wire.HeaderSize(rec.Header) + binary.MaxVarintLen64 + len(rec.Body)
 	b := make([]byte, 0, size)
 	b = append(b, recordVersion, byte(state))
 	b = append(b, token[:]...)
-	b = appendBytes(b, rec.Fingerprint)
-	b = appendString(b, rec.Method)
-	b = appendString(b, rec.Path)
+	b = wire.AppendBytes(b, rec.Fingerprint)
+	b = wire.AppendString(b, rec.Method)
+	b = wire.AppendString(b, rec.Path)
 	b = binary.AppendUvarint(b, uint64(max(rec.Status, 0)))
 	var flags byte
 	if rec.BodyOmitted {
 		flags |= flagBodyOmitted
 	}
 	b = append(b, flags)
-	b = binary.AppendUvarint(b, uint64(len(rec.Header)))
-	for name, values := range rec.Header {
-		b = appendString(b, name)
-		b = binary.AppendUvarint(b, uint64(len(values)))
-		for _, v := range values {
-			b = appendString(b, v)
-		}
-	}
+	b = wire.AppendHeader(b, rec.Header)
 	if rec.BodyOmitted {
 		return append(b, 0)
 	}
-	return appendBytes(b, rec.Body)
-}
-
-func appendBytes(b, p []byte) []byte {
-	return append(binary.AppendUvarint(b, uint64(len(p))), p...)
-}
-
-func appendString(b []byte, s string) []byte {
-	return append(binary.AppendUvarint(b, uint64(len(s))), s...)
+	return wire.AppendBytes(b, rec.Body)
 }
 
 // decodeRecord reads a stored record of at most maxSize bytes. Every length
 // and count is checked against the bytes left, headers also against the
-// bounds of redis_headers.go, before anything is sized by it, so a corrupt
+// bounds of internal/wire, before anything is sized by it, so a corrupt
 // or foreign value costs a small multiple of its own size at most and
 // returns an error wrapping ErrCorruptRecord, never a panic. The record's
 // ExpiresAt is left for the caller, which knows the key's PTTL.
@@ -162,32 +144,32 @@ func decodeRecord(v string, maxSize int) (*Record, error) {
 	}
 	rec.Token = hex.EncodeToString([]byte(v[2:recordHeadLen]))
 
-	d := recordDecoder{rest: v[recordHeadLen:]}
-	if fp := d.string("fingerprint"); fp != "" {
+	d := wire.Decoder{Rest: v[recordHeadLen:], Corrupt: ErrCorruptRecord}
+	if fp := d.String("fingerprint"); fp != "" {
 		rec.Fingerprint = []byte(fp)
 	}
-	rec.Method = d.string("method")
-	rec.Path = d.string("path")
-	status := d.uvarint("status")
-	if d.err == nil && status > maxStatus {
-		d.fail("status %d out of range", status)
+	rec.Method = d.String("method")
+	rec.Path = d.String("path")
+	status := d.Uvarint("status")
+	if d.Err == nil && status > maxStatus {
+		d.Fail("status %d out of range", status)
 	}
 	rec.Status = int(status)
-	flags := d.byte("flags")
-	if d.err == nil && flags&^flagBodyOmitted != 0 {
-		d.fail("unknown flags %#x", flags)
+	flags := d.Byte("flags")
+	if d.Err == nil && flags&^flagBodyOmitted != 0 {
+		d.Fail("unknown flags %#x", flags)
 	}
 	rec.BodyOmitted = flags&flagBodyOmitted != 0
-	rec.Header = d.header()
-	body := d.string("body")
-	if d.err == nil && len(d.rest) > 0 {
-		d.fail("%d bytes after the body", len(d.rest))
+	rec.Header = d.Header()
+	body := d.String("body")
+	if d.Err == nil && len(d.Rest) > 0 {
+		d.Fail("%d bytes after the body", len(d.Rest))
 	}
-	if d.err == nil && rec.BodyOmitted && body != "" {
-		d.fail("%d body bytes on a record without body", len(body))
+	if d.Err == nil && rec.BodyOmitted && body != "" {
+		d.Fail("%d body bytes on a record without body", len(body))
 	}
-	if d.err != nil {
-		return nil, d.err
+	if d.Err != nil {
+		return nil, d.Err
 	}
 	if body != "" {
 		rec.Body = []byte(body)
@@ -195,80 +177,11 @@ func decodeRecord(v string, maxSize int) (*Record, error) {
 	return rec, nil
 }
 
-// recordDecoder reads the variable part of a record. After the first error
-// every read returns a zero value, so callers check err once at the end.
-type recordDecoder struct {
-	rest string
-	err  error
-}
-
-func (d *recordDecoder) fail(format string, args ...any) {
-	if d.err == nil {
-		d.err = fmt.Errorf("%w: "+format, append([]any{ErrCorruptRecord}, args...)...)
-	}
-	d.rest = ""
-}
-
-func (d *recordDecoder) uvarint(what string) uint64 {
-	if d.err != nil {
-		return 0
-	}
-	var x uint64
-	for i := 0; i < binary.MaxVarintLen64; i++ {
-		if i >= len(d.rest) {
-			d.fail("truncated %s", what)
-			return 0
-		}
-		c := d.rest[i]
-		if i == binary.MaxVarintLen64-1 && c > 1 {
-			break // more than 64 bits
-		}
-		x |= uint64(c&0x7f) << (7 * i)
-		if c < 0x80 {
-			d.rest = d.rest[i+1:]
-			return x
-		}
-	}
-	d.fail("%s overflows", what)
-	return 0
-}
-
-func (d *recordDecoder) byte(what string) byte {
-	if d.err != nil {
-		return 0
-	}
-	if len(d.rest) == 0 {
-		d.fail("truncated %s", what)
-		return 0
-	}
-	c := d.rest[0]
-	d.rest = d.rest[1:]
-	return c
-}
-
-// count reads a count of items that take at least minLen bytes each and
-// checks it against the bytes left.
-func (d *recordDecoder) count(what string, minLen int) int {
-	n := d.uvarint(what)
-	if d.err == nil && n > uint64(len(d.rest)/minLen) {
-		d.fail("%s %d exceeds the %d bytes left", what, n, len(d.rest))
-		return 0
-	}
-	return int(n)
-}
-
-// string reads a length-prefixed field. It returns a substring of the
-// value, so text fields cost no allocation.
-func (d *recordDecoder) string(what string) string {
-	n := d.uvarint(what + " length")
-	if d.err != nil {
-		return ""
-	}
-	if n > uint64(len(d.rest)) {
-		d.fail("%s length %d exceeds the %d bytes left", what, n, len(d.rest))
-		return ""
-	}
-	s := d.rest[:n]
-	d.rest = d.rest[n:]
-	return s
+// withoutBody returns a copy of rec without its body and with header h: a
+// record that cannot be replayed, whose duplicates get 409 with the
+// Location it keeps.
+func withoutBody(rec *Record, h http.Header) *Record {
+	r := *rec
+	r.Body, r.BodyOmitted, r.Header = nil, true, h
+	return &r
 }

@@ -14,6 +14,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/ginidem/idempotency/internal/wire"
 )
 
 // typicalRecord is a completed record for a typical JSON API response.
@@ -276,10 +278,10 @@ func TestSpec25_HeaderBounds(t *testing.T) {
 		return h
 	}
 	refused := map[string]http.Header{
-		"too many names":            many(maxHeaderNames+1, 1, "v"),
-		"too many values":           many(2, maxHeaderValues/2+1, "v"),
-		"too many values, one name": {"Link": slices.Repeat([]string{"<a>"}, maxHeaderValues+1)},
-		"too many bytes":            {"X-Big": {strings.Repeat("v", maxHeaderBytes-len("X-Big")+1)}},
+		"too many names":            many(wire.MaxHeaderNames+1, 1, "v"),
+		"too many values":           many(2, wire.MaxHeaderValues/2+1, "v"),
+		"too many values, one name": {"Link": slices.Repeat([]string{"<a>"}, wire.MaxHeaderValues+1)},
+		"too many bytes":            {"X-Big": {strings.Repeat("v", wire.MaxHeaderBytes-len("X-Big")+1)}},
 		"empty name":                {"": {"v"}},
 		"space in name":             {"X Bad": {"v"}},
 		"colon in name":             {"X:Bad": {"v"}},
@@ -293,15 +295,15 @@ func TestSpec25_HeaderBounds(t *testing.T) {
 	for name, h := range refused {
 		t.Run("refused/"+name, func(t *testing.T) {
 			rec := &Record{State: Completed, Status: 200, Header: h}
-			assert.False(t, headerWithinBounds(h))
+			assert.False(t, wire.HeaderWithinBounds(h))
 			_, err := decodeRecord(string(encodeRecord(Completed, newRedisToken(), rec)), DefaultRedisMaxRecordSize)
 			assert.ErrorIs(t, err, ErrCorruptRecord)
 		})
 	}
 	accepted := map[string]http.Header{
-		"as many names as allowed":  many(maxHeaderNames, 1, "v"),
-		"as many values as allowed": many(4, maxHeaderValues/4, "v"),
-		"as many bytes as allowed":  {"X-Big": {strings.Repeat("v", maxHeaderBytes-len("X-Big"))}},
+		"as many names as allowed":  many(wire.MaxHeaderNames, 1, "v"),
+		"as many values as allowed": many(4, wire.MaxHeaderValues/4, "v"),
+		"as many bytes as allowed":  {"X-Big": {strings.Repeat("v", wire.MaxHeaderBytes-len("X-Big"))}},
 		"a few headers and a Link": {
 			"Content-Type": {"application/json"}, "Etag": {`"abc"`}, "X-Empty": {""}, "X-Tab": {"a\tb"},
 			"Link": {"</p/2>; rel=next", "</p/9>; rel=last", "</p/1>; rel=first"},
@@ -310,7 +312,7 @@ func TestSpec25_HeaderBounds(t *testing.T) {
 	for name, h := range accepted {
 		t.Run("accepted/"+name, func(t *testing.T) {
 			rec := &Record{State: Completed, Status: 200, Header: h, Body: []byte("ok")}
-			assert.True(t, headerWithinBounds(h))
+			assert.True(t, wire.HeaderWithinBounds(h))
 			got, err := decodeRecord(string(encodeRecord(Completed, newRedisToken(), rec)), DefaultRedisMaxRecordSize)
 			require.NoError(t, err)
 			assert.Equal(t, h, got.Header)

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/ginidem/idempotency/internal/wire"
 )
 
 // RedisStore is a [Store] on Redis: a single node, Sentinel (a failover
@@ -216,8 +218,8 @@ func (s *RedisStore) Complete(ctx context.Context, key, token string, rec *Recor
 		return ErrNotOwner
 	}
 	stored := rec
-	if !headerWithinBounds(rec.Header) {
-		stored = withoutBody(rec, locationOnly(rec.Header)) // rather than a value Acquire refuses
+	if !wire.HeaderWithinBounds(rec.Header) {
+		stored = withoutBody(rec, wire.LocationOnly(rec.Header)) // rather than a value Acquire refuses
 	}
 	value := encodeRecord(Completed, owner, stored)
 	if len(value) > s.maxSize && !stored.BodyOmitted {

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/ginidem/idempotency"
+	"github.com/ginidem/idempotency/internal/wire"
 )
 
 // Store is an [idempotency.TxStore] on Postgres: each record is a row of
@@ -235,8 +236,8 @@ func (s *Store) Complete(ctx context.Context, key, token string, rec *idempotenc
 // storable returns rec as Complete writes it: within the header bounds and
 // the maximum body size.
 func (s *Store) storable(rec *idempotency.Record) *idempotency.Record {
-	if !headerWithinBounds(rec.Header) {
-		return withoutBody(rec, locationOnly(rec.Header))
+	if !wire.HeaderWithinBounds(rec.Header) {
+		return withoutBody(rec, wire.LocationOnly(rec.Header))
 	}
 	if len(rec.Body) > s.maxBody || (rec.BodyOmitted && len(rec.Body) > 0) {
 		return withoutBody(rec, rec.Header)
