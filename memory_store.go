@@ -160,9 +160,10 @@ func (s *MemoryStore) Complete(ctx context.Context, key, token string, rec *Reco
 	}
 	// The entry keeps its map slot; only its size and ring change.
 	s.bytes -= e.size
-	e.rec = *rec
+	kept := *rec
+	kept.Token = token
+	e.rec = compact(&kept) // one allocation for its fields: cheap to keep for a day
 	e.rec.State = Completed
-	e.rec.Token = token
 	e.rec.ExpiresAt = now.Add(ttl)
 	e.size = recordSize(key, &e.rec)
 	s.bytes += e.size
@@ -245,7 +246,7 @@ func (s *MemoryStore) keep(key string, rec *Record) {
 	if rec.State != Completed || !now.Before(rec.ExpiresAt) {
 		return
 	}
-	e := &memoryEntry{key: key, rec: *rec}
+	e := &memoryEntry{key: key, rec: compact(rec)}
 	e.size = recordSize(key, &e.rec)
 	if s.makeRoom(1, e.size, now, nil) {
 		s.put(e)
