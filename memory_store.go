@@ -151,6 +151,9 @@ func (s *MemoryStore) Complete(ctx context.Context, key, token string, rec *Reco
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	kept := *rec
+	kept.Token = token
+	kept = compact(&kept) // outside the lock: one allocation for its fields, cheap to keep for a day
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now()
@@ -160,9 +163,7 @@ func (s *MemoryStore) Complete(ctx context.Context, key, token string, rec *Reco
 	}
 	// The entry keeps its map slot; only its size and ring change.
 	s.bytes -= e.size
-	kept := *rec
-	kept.Token = token
-	e.rec = compact(&kept) // one allocation for its fields: cheap to keep for a day
+	e.rec = kept
 	e.rec.State = Completed
 	e.rec.ExpiresAt = now.Add(ttl)
 	e.size = recordSize(key, &e.rec)
@@ -237,6 +238,7 @@ func (s *MemoryStore) peek(key string) *Record {
 // rec.ExpiresAt, within the store's bounds. It serves the Redis store's
 // local cache.
 func (s *MemoryStore) keep(key string, rec *Record) {
+	kept := compact(rec)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now()
@@ -246,7 +248,7 @@ func (s *MemoryStore) keep(key string, rec *Record) {
 	if rec.State != Completed || !now.Before(rec.ExpiresAt) {
 		return
 	}
-	e := &memoryEntry{key: key, rec: compact(rec)}
+	e := &memoryEntry{key: key, rec: kept}
 	e.size = recordSize(key, &e.rec)
 	if s.makeRoom(1, e.size, now, nil) {
 		s.put(e)
