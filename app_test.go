@@ -19,11 +19,14 @@ import (
 	"github.com/stretchr/testify/require"
 
 	idem "github.com/ginidem/idempotency"
+	"github.com/ginidem/idempotency/internal/pgtest"
 )
 
 func TestMain(m *testing.M) {
 	gin.SetMode(gin.TestMode)
-	os.Exit(m.Run())
+	code := m.Run()
+	pgtest.StopShared() // the throwaway Postgres, if a test started it
+	os.Exit(code)
 }
 
 // Keys used across the tests: UUID v4s, as the default validator wants.
@@ -289,13 +292,51 @@ func (s *countingStore) counts() (acquires, completes, releases, extends int) {
 	return s.acquires, s.completes, s.releases, s.exts
 }
 
-// counted wraps the harness's store in a countingStore.
+// counted wraps the harness's store in a countingStore; a TxStore stays
+// one (see countingTxStore).
 func counted(h storeHarness, cs **countingStore) storeHarness {
-	return storeHarness{name: h.name, new: func(t *testing.T) (idem.Store, func(time.Duration)) {
+	return storeHarness{name: h.name, tx: h.tx, new: func(t *testing.T) (idem.Store, func(time.Duration)) {
 		s, advance := h.new(t)
 		*cs = &countingStore{Store: s}
+		if _, ok := s.(idem.TxStore); ok {
+			return countingTxStore{*cs}, advance
+		}
 		return *cs, advance
 	}}
+}
+
+// countingTxStore is a countingStore over a TxStore that stays a TxStore,
+// so that the middleware still runs keyed requests in transactions. The
+// commit writes the record, so it counts as a completion, and fails like
+// one.
+type countingTxStore struct{ *countingStore }
+
+func (s countingTxStore) Begin(ctx context.Context, key, token string) (idem.Tx, error) {
+	if s.fail.Load() {
+		return nil, errStoreDown
+	}
+	tx, err := s.Store.(idem.TxStore).Begin(ctx, key, token)
+	if err != nil {
+		return nil, err
+	}
+	return &countingTx{Tx: tx, s: s.countingStore}, nil
+}
+
+// countingTx counts the commit of a countingTxStore's transaction.
+type countingTx struct {
+	idem.Tx
+	s *countingStore
+}
+
+func (tx *countingTx) Commit(ctx context.Context, rec *idem.Record, ttl time.Duration) error {
+	tx.s.mu.Lock()
+	tx.s.completes++
+	tx.s.mu.Unlock()
+	if tx.s.fail.Load() {
+		_ = tx.Tx.Rollback(ctx)
+		return errStoreDown
+	}
+	return tx.Tx.Commit(ctx, rec, ttl)
 }
 
 // events collects the middleware's events.

@@ -49,7 +49,7 @@ func ExampleNewRedisStore() {
 		r.Header.Set("Idempotency-Key", "5f0c7a8e-2b1d-4c3e-9f4a-6b7c8d9e0f1a")
 		w := httptest.NewRecorder()
 		h.ServeHTTP(w, r)
-		fmt.Println(w.Code, w.Header().Get("Location"), w.Header().Get("Idempotent-Replayed"), w.Body.String())
+		fmt.Printf("%d replayed=%q %s\n", w.Code, w.Header().Get("Idempotent-Replayed"), w.Body.String())
 	}
 	post(a)
 	post(b) // the retry lands on the other replica
@@ -59,8 +59,8 @@ func ExampleNewRedisStore() {
 		fmt.Printf("redis key: orders:idem:{%d hex digits}\n", len(hash))
 	}
 	// Output:
-	// 201 /orders/1  {"id":1}
-	// 201 /orders/1 true {"id":1}
+	// 201 replayed="" {"id":1}
+	// 201 replayed="true" {"id":1}
 	// orders: 1
 	// redis key: orders:idem:{64 hex digits}
 }

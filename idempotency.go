@@ -42,9 +42,12 @@
 //
 // New with no options is correct and safe: UUID v4 keys on POST and PATCH,
 // optional, scoped by the Authorization header, kept 24 h in a bounded
-// in-memory store. A [RedisStore] shares keys between processes. The
+// in-memory store. A [RedisStore] shares keys between processes; the
+// pgstore package keeps them in the application's Postgres database, where
+// the handler's writes and the record commit together (see [TxStore]). The
 // client package (github.com/ginidem/idempotency/client) is the other half:
-// an http.RoundTripper that sends keys and retries safely.
+// an http.RoundTripper that sends keys and retries safely. The promidem and
+// otelidem packages turn the event hook into metrics and traces.
 package idempotency
 
 import (

@@ -19,6 +19,11 @@ import (
 type storeHarness struct {
 	name string
 	new  func(t *testing.T) (store idem.Store, advance func(time.Duration))
+	// tx: the store is an idem.TxStore, so keyed requests run in a
+	// transaction and their responses are held until it commits. A case
+	// whose answer differs there by design asserts the TxStore's answer
+	// (see staleOwnerStatus); none is skipped.
+	tx bool
 }
 
 // fakeClock is a manually advanced clock for the memory store.
@@ -40,9 +45,12 @@ func memoryHarness(opts ...idem.MemoryStoreOption) storeHarness {
 }
 
 // allStores lists every store the shared suites run against: memory always,
-// Redis ones where a server is available (see redis_store_test.go).
+// Redis ones where a server is available (see redis_store_test.go), and
+// Postgres, which skips where no server can be started
+// (postgres_harness_test.go).
 func allStores(t *testing.T) []storeHarness {
-	return append([]storeHarness{memoryHarness()}, redisHarnesses(t)...)
+	stores := append([]storeHarness{memoryHarness()}, redisHarnesses(t)...)
+	return append(stores, postgresHarnesses()...)
 }
 
 // forEachStore runs fn as a subtest once per store.
@@ -70,7 +78,7 @@ func storeCtx(t *testing.T) context.Context {
 var testClaim = &idem.Record{Fingerprint: []byte("fp-1"), Method: http.MethodPost, Path: "/things"}
 
 // TestStoreConformance is the store-level contract every Store keeps: one
-// table, run against memory, real Redis and Cluster.
+// table, run against memory, real Redis and Cluster, and Postgres.
 func TestStoreConformance(t *testing.T) {
 	const lease, ttl = time.Minute, time.Hour
 	cases := []struct {
@@ -161,6 +169,10 @@ func TestStoreConformance(t *testing.T) {
 			assert.ErrorIs(t, s.Complete(ctx, "k", "not-"+token, rec, ttl), idem.ErrNotOwner)
 			assert.ErrorIs(t, s.Release(ctx, "k", "not-"+token), idem.ErrNotOwner)
 			assert.ErrorIs(t, s.Extend(ctx, "k", "not-"+token, lease), idem.ErrNotOwner)
+			other := "00000000-0000-4000-8000-000000000000" // a well-formed token that was never issued
+			assert.ErrorIs(t, s.Complete(ctx, "k", other, rec, ttl), idem.ErrNotOwner)
+			assert.ErrorIs(t, s.Release(ctx, "k", other), idem.ErrNotOwner)
+			assert.ErrorIs(t, s.Extend(ctx, "k", other, lease), idem.ErrNotOwner)
 			_, held, err := s.Acquire(ctx, "k", testClaim, lease)
 			require.NoError(t, err)
 			require.NotNil(t, held)
@@ -194,6 +206,14 @@ func TestStoreConformance(t *testing.T) {
 			require.NoError(t, err)
 			require.NotNil(t, held)
 			assert.Equal(t, 201, held.Status)
+		}},
+		{"spec23/an expired lease that nobody took can no longer be completed", func(t *testing.T, s idem.Store, advance func(time.Duration)) {
+			ctx := storeCtx(t)
+			token, _, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			advance(lease + time.Second)
+			assert.ErrorIs(t, s.Extend(ctx, "k", token, lease), idem.ErrNotOwner)
+			assert.ErrorIs(t, s.Complete(ctx, "k", token, &idem.Record{State: idem.Completed, Status: 200}, ttl), idem.ErrNotOwner)
 		}},
 		{"spec10/extend keeps the lease past its first end", func(t *testing.T, s idem.Store, advance func(time.Duration)) {
 			ctx := storeCtx(t)
@@ -246,10 +266,12 @@ func TestStoreConformance(t *testing.T) {
 			var wg sync.WaitGroup
 			for range 50 {
 				wg.Go(func() {
-					token, _, err := s.Acquire(ctx, "k", testClaim, lease)
+					token, held, err := s.Acquire(ctx, "k", testClaim, lease)
 					assert.NoError(t, err)
 					if token != "" {
 						wins.Add(1)
+					} else {
+						assert.NotNil(t, held, "a loser gets the held record")
 					}
 				})
 			}
@@ -296,6 +318,10 @@ func TestStoreConformance(t *testing.T) {
 			cancel()
 			_, _, err := s.Acquire(ctx, "k", testClaim, lease)
 			assert.Error(t, err)
+			assert.Error(t, s.Complete(ctx, "k", "00000000-0000-4000-8000-000000000000", &idem.Record{State: idem.Completed, Status: 200}, ttl))
+			assert.Error(t, s.Release(ctx, "k", "00000000-0000-4000-8000-000000000000"))
+			assert.Error(t, s.Extend(ctx, "k", "00000000-0000-4000-8000-000000000000", lease))
+			assert.Error(t, s.Delete(ctx, "k"))
 		}},
 	}
 	forEachStore(t, func(t *testing.T, h storeHarness) {

@@ -3,7 +3,11 @@
 #
 # Needs: go, wrk (Debian: apt-get install wrk), curl, python3 and, for the Redis rounds,
 # redis-server (apt-get install redis-server) or REDIS_URL pointing at a
-# Redis you own (it writes keys under the "idem:" prefix). Installs nothing.
+# Redis you own (it writes keys under the "idem:" prefix); for the Postgres
+# rounds, initdb and pg_ctl (apt-get install postgresql; found with
+# pg_config --bindir, as Debian keeps them off PATH) or POSTGRES_URL naming
+# a database you own (the example creates its tables there, and they keep
+# what the runs write). Installs nothing.
 #
 #   bench/load.sh                      # 3 rounds of 3 s per run, after 1 s of warm-up
 #   DURATION=5s ROUNDS=3 bench/load.sh
@@ -12,7 +16,13 @@
 # mix with 10% duplicates) it runs wrk (1 thread, 16 connections) against
 # the example with the middleware and with -idempotency=false, alternating
 # the two in each round, and prints the median requests/s and latency of
-# the rounds, and the median of the rounds' on/off ratios.
+# the rounds, and the median of the rounds' on/off ratios. The postgres rows
+# (new keys, replays) run the example with -postgres: the requisitions live
+# in Postgres in both runs, and the middleware keeps its records there too
+# (pgstore, each create in the request's transaction), so the ratio is to
+# the same service without the middleware on the same database. A
+# throwaway server starts from empty tables for each run, with Postgres'
+# default durability (fsync on).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-3s}
@@ -24,7 +34,13 @@ export BENCH_DIR=$PWD/bench
 command -v wrk >/dev/null || { echo "load.sh needs wrk (apt-get install wrk)" >&2; exit 1; }
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+pg_bin="" pg_data="" as_pg=() # a throwaway Postgres, when one runs
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ -n "$pg_data" ]; then "${as_pg[@]}" "$pg_bin/pg_ctl" stop -D "$pg_data" -m fast >/dev/null 2>&1 || true; fi
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 go build -o "$work/example" ./example
@@ -41,7 +57,32 @@ if [ -z "$redis_url" ] && command -v redis-server >/dev/null; then
   wait_port "$rport"
   redis_url="redis://127.0.0.1:$rport/0"
 fi
-[ -n "$redis_url" ] && stores+=(redis) || echo "no redis-server and no REDIS_URL: memory store only" >&2
+[ -n "$redis_url" ] && stores+=(redis) || echo "no redis-server and no REDIS_URL: no Redis rows" >&2
+
+pg_url=${POSTGRES_URL:-}
+if [ -z "$pg_url" ]; then
+  for dir in "$(pg_config --bindir 2>/dev/null)" /usr/lib/postgresql/*/bin; do
+    if [ -x "$dir/initdb" ] && [ -x "$dir/pg_ctl" ]; then pg_bin=$dir; break; fi
+  done
+fi
+if [ -n "$pg_bin" ]; then
+  pg_dir=$work/pg
+  mkdir "$pg_dir"
+  if [ "$(id -u)" -eq 0 ]; then # initdb refuses root: run the server as postgres, in a directory it owns
+    as_pg=(runuser -u postgres --)
+    chmod 711 "$work"
+    chown postgres: "$pg_dir"
+  fi
+  pport=$(free_port)
+  "${as_pg[@]}" "$pg_bin/initdb" -D "$pg_dir/data" -U postgres -A trust -E UTF8 --no-locale >"$work/initdb.log" 2>&1 ||
+    { cat "$work/initdb.log" >&2; exit 1; }
+  pg_data=$pg_dir/data
+  "${as_pg[@]}" "$pg_bin/pg_ctl" start -w -D "$pg_data" -l "$pg_dir/server.log" \
+    -o "-p $pport -k $pg_dir -c listen_addresses=127.0.0.1 -c max_connections=200" >/dev/null
+  pg_admin="postgres://postgres@127.0.0.1:$pport/postgres?sslmode=disable"
+  pg_url="$pg_admin&pool_max_conns=32"
+fi
+[ -n "$pg_url" ] && stores+=(postgres) || echo "no initdb and pg_ctl and no POSTGRES_URL: no Postgres rows" >&2
 
 # start_example STORE ON: starts the example; sets url and example_pid.
 start_example() {
@@ -49,6 +90,12 @@ start_example() {
   port=$(free_port)
   args=(-addr "127.0.0.1:$port" -idempotency="$2")
   [ "$1" = redis ] && args+=(-redis "$redis_url")
+  if [ "$1" = postgres ]; then
+    args+=(-postgres "$pg_url")
+    if [ -n "$pg_data" ]; then # a throwaway server: each run starts from empty tables
+      "$pg_bin/psql" -qX "$pg_admin" -c 'SET client_min_messages = warning; DROP TABLE IF EXISTS requisitions, idempotency_records' >/dev/null
+    fi
+  fi
   GIN_MODE=release "$work/example" "${args[@]}" >"$work/example.log" 2>&1 &
   example_pid=$!
   pids+=("$example_pid")
@@ -78,9 +125,11 @@ run() {
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 echo "machine: $(nproc) cores, $(uname -m), $(go version | cut -d' ' -f3); wrk -t1 -c$CONNS -d$DURATION, median of $ROUNDS rounds"
-printf '%-7s %-8s %12s %9s %9s %12s %9s %7s\n' store scenario "on req/s" "p50 ms" "p99 ms" "off req/s" "p50 ms" ratio
+printf '%-8s %-8s %12s %9s %9s %12s %9s %7s\n' store scenario "on req/s" "p50 ms" "p99 ms" "off req/s" "p50 ms" ratio
 for store in "${stores[@]}"; do
-  for scenario in nokey newkey replay mix; do
+  scenarios=(nokey newkey replay mix)
+  [ "$store" = postgres ] && scenarios=(newkey replay)
+  for scenario in "${scenarios[@]}"; do
     : >"$work/on"; : >"$work/off"
     for _ in $(seq 1 "$ROUNDS"); do
       for on in true false; do
@@ -95,6 +144,6 @@ for store in "${stores[@]}"; do
     # The ratio is the median of each round's on/off pair, run back to back,
     # so that a machine whose speed drifts between rounds skews it least.
     ratio=$(paste -d' ' <(cut -d' ' -f1 "$work/on") <(cut -d' ' -f1 "$work/off") | awk '{printf "%.3f\n", $1 / $2}' | median)
-    printf '%-7s %-8s %12.0f %9s %9s %12.0f %9s %6.2fx\n' "$store" "$scenario" "$on_rps" "$on_p50" "$on_p99" "$off_rps" "$off_p50" "$ratio"
+    printf '%-8s %-8s %12.0f %9s %9s %12.0f %9s %6.2fx\n' "$store" "$scenario" "$on_rps" "$on_p50" "$on_p99" "$off_rps" "$off_p50" "$ratio"
   done
 done

@@ -7,10 +7,15 @@
 //	go run ./example -idempotency=false    # the same routes without the middleware
 //	go run ./example -metrics              # also serve Prometheus metrics on /metrics
 //	go run ./example -redis redis://127.0.0.1:6379/0
+//	go run ./example -postgres postgres://user:password@127.0.0.1:5432/db
+//
+// With -postgres, the requisitions live in Postgres and so do the
+// idempotency records (pgstore): a requisition and the record of its answer
+// commit in one transaction, and replicas on one database are one service.
 //
 // Every flag has an environment variable (ADDR, IDEMPOTENCY_TTL,
-// IDEMPOTENCY_LEASE, LATENCY, REDIS_URL); a flag wins over its variable, and
-// the variable over the default.
+// IDEMPOTENCY_LEASE, LATENCY, REDIS_URL, POSTGRES_URL); a flag wins over its
+// variable, and the variable over the default.
 package main
 
 import (
@@ -41,6 +46,7 @@ type config struct {
 	Latency     time.Duration // delay inside every write handler (a slow backend)
 	Idempotency bool          // false serves the routes without the middleware
 	RedisURL    string        // empty: in-memory store
+	PostgresURL string        // requisitions and idempotency records in Postgres; empty: in memory
 	Breaker     bool          // false: no circuit breaker around the store
 	Metrics     bool          // serve the middleware's Prometheus metrics on /metrics
 
@@ -65,6 +71,9 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	}
 	if v := getenv("REDIS_URL"); v != "" {
 		cfg.RedisURL = v
+	}
+	if v := getenv("POSTGRES_URL"); v != "" {
+		cfg.PostgresURL = v
 	}
 	for _, d := range []struct {
 		env string
@@ -93,12 +102,15 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	fs.BoolVar(&cfg.Breaker, "breaker", cfg.Breaker, "stop calling a failing store for a while (a circuit breaker)")
 	fs.BoolVar(&cfg.Metrics, "metrics", cfg.Metrics, "serve the idempotency middleware's Prometheus metrics on /metrics")
 	fs.StringVar(&cfg.RedisURL, "redis", cfg.RedisURL, "Redis `URL` for the idempotency store, e.g. redis://127.0.0.1:6379/0 (env REDIS_URL); empty: in memory")
+	fs.StringVar(&cfg.PostgresURL, "postgres", cfg.PostgresURL, "Postgres `URL` for the requisitions and the idempotency store (pgstore), e.g. postgres://user:password@127.0.0.1:5432/db (env POSTGRES_URL)")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
 	}
 	switch {
 	case fs.NArg() > 0:
 		return config{}, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	case cfg.RedisURL != "" && cfg.PostgresURL != "":
+		return config{}, errors.New("redis and postgres: choose one store for the idempotency records")
 	case cfg.TTL <= 0:
 		return config{}, fmt.Errorf("ttl must be positive, got %v", cfg.TTL)
 	case cfg.Lease <= 0:
@@ -109,12 +121,14 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	return cfg, nil
 }
 
-// storeName names the idempotency store for logs: "memory", or the Redis URL
-// with its password redacted.
+// storeName names the idempotency store for logs: "memory", or the Redis
+// or Postgres URL with its password redacted.
 func (cfg config) storeName() string {
 	switch {
 	case !cfg.Idempotency:
 		return "none"
+	case cfg.PostgresURL != "":
+		return redactPostgresURL(cfg.PostgresURL)
 	case cfg.RedisURL == "":
 		return "memory"
 	}
@@ -154,11 +168,21 @@ func main() {
 	}
 }
 
-// run opens the store, serves the API on cfg.Addr until ctx is done, and
-// then shuts down gracefully.
+// run opens the store and the requisitions (in memory, or in Postgres with
+// -postgres), serves the API on cfg.Addr until ctx is done, and then shuts
+// down gracefully.
 func run(ctx context.Context, cfg config) error {
 	var store idempotency.Store
-	if cfg.Idempotency {
+	var reqs repository = newRequisitions()
+	switch {
+	case cfg.PostgresURL != "":
+		pg, err := openPostgres(ctx, cfg.PostgresURL, cfg.Idempotency)
+		if err != nil {
+			return err
+		}
+		defer pg.close()
+		store, reqs = pg.store, pg.reqs
+	case cfg.Idempotency:
 		s, closeStore, err := openStore(cfg)
 		if err != nil {
 			return err
@@ -173,7 +197,7 @@ func run(ctx context.Context, cfg config) error {
 	slog.Info("example listening", "addr", ln.Addr().String(), "store", cfg.storeName(),
 		"ttl", cfg.TTL, "lease", cfg.Lease, "latency", cfg.Latency)
 	// Handlers may sleep for the latency: give them that long, and more, to finish.
-	return serve(ctx, ln, newRouter(cfg, store), 10*time.Second+cfg.Latency)
+	return serve(ctx, ln, newRouterOn(cfg, store, reqs), 10*time.Second+cfg.Latency)
 }
 
 // serve serves h on ln until ctx is done, then stops accepting connections
@@ -199,12 +223,18 @@ func serve(ctx context.Context, ln net.Listener, h http.Handler, grace time.Dura
 	return nil
 }
 
-// newRouter builds the service's Gin engine. Each write route runs, in
+// newRouter builds the service's Gin engine with its requisitions in
+// memory: see newRouterOn.
+func newRouter(cfg config, store idempotency.Store) *gin.Engine {
+	return newRouterOn(cfg, store, newRequisitions())
+}
+
+// newRouterOn builds the service's Gin engine on reqs. Each write route runs, in
 // order: authentication (401), the route's rights check (403), the
 // idempotency middleware on store (unless cfg.Idempotency is false), and the
 // handler. Authorization therefore wins over the key (SPEC 20), and keys are
 // scoped per authenticated user (SPEC 6).
-func newRouter(cfg config, store idempotency.Store) *gin.Engine {
+func newRouterOn(cfg config, store idempotency.Store, reqs repository) *gin.Engine {
 	r := gin.New()
 	r.HandleMethodNotAllowed = true
 	r.Use(gin.CustomRecovery(func(c *gin.Context, _ any) {
@@ -241,7 +271,7 @@ func newRouter(cfg config, store idempotency.Store) *gin.Engine {
 		return []gin.HandlerFunc{allow(need), idem, h}
 	}
 
-	svc := newService(cfg)
+	svc := newService(cfg, reqs)
 	api := r.Group("/api", authenticate)
 	api.GET("/requisitions", allow(rightRead), svc.list)
 	api.GET("/requisitions/:id", allow(rightRead), svc.get)

@@ -20,11 +20,14 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ginidem/idempotency"
+	"github.com/ginidem/idempotency/internal/pgtest"
 )
 
 func TestMain(m *testing.M) {
 	gin.SetMode(gin.TestMode)
-	os.Exit(m.Run())
+	code := m.Run()
+	pgtest.StopShared() // the throwaway Postgres, if a test started it
+	os.Exit(code)
 }
 
 // noEnv is a getenv with an empty environment.

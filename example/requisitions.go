@@ -2,10 +2,12 @@ package main
 
 import (
 	"cmp"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
@@ -49,46 +51,75 @@ type transition struct {
 // errNotFound reports an unknown requisition id.
 var errNotFound = errors.New("requisition not found")
 
-// requisitions is the in-memory state of the service, safe for concurrent use.
+// transitionError says why a transition is not allowed from a requisition's
+// status.
+type transitionError struct {
+	t  transition
+	is status // the requisition's status
+}
+
+func (e *transitionError) Error() string {
+	return fmt.Sprintf("cannot %s a requisition in status %s (allowed from %v)", e.t.action, e.is, e.t.from)
+}
+
+// repository keeps the requisitions: in memory (requisitions), or in
+// Postgres with -postgres (pgRequisitions), where every replica of the
+// service on one database sees the same ones. Writes take the request's
+// context, which carries its transaction when the idempotency middleware
+// runs one (pgstore.Tx).
+type repository interface {
+	// create stores a new INITIATED requisition and returns it.
+	create(c *gin.Context, program, facility string) (requisition, error)
+	// apply moves the requisition id along t and returns it. It returns
+	// errNotFound for an unknown id, and a *transitionError when t is not
+	// allowed from the requisition's status.
+	apply(c *gin.Context, id string, t transition) (requisition, error)
+	// get returns the requisition id, or errNotFound.
+	get(ctx context.Context, id string) (requisition, error)
+	// list returns all requisitions in creation order.
+	list(ctx context.Context) ([]requisition, error)
+}
+
+// requisitions is the in-memory repository, safe for concurrent use.
 type requisitions struct {
 	mu   sync.Mutex
 	byID map[string]requisition
 	ids  []string // in creation order
 }
 
-// create stores a new INITIATED requisition and returns it.
-func (s *requisitions) create(program, facility string) requisition {
+// newRequisitions returns an empty in-memory repository.
+func newRequisitions() *requisitions { return &requisitions{byID: map[string]requisition{}} }
+
+func (s *requisitions) create(_ *gin.Context, program, facility string) (requisition, error) {
 	r := requisition{ID: uuid.NewString(), Program: program, Facility: facility, Status: statusInitiated}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.byID[r.ID] = r
 	s.ids = append(s.ids, r.ID)
-	return r
+	return r, nil
 }
 
-// get returns the requisition with the given id.
-func (s *requisitions) get(id string) (requisition, bool) {
+func (s *requisitions) get(_ context.Context, id string) (requisition, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r, ok := s.byID[id]
-	return r, ok
+	if !ok {
+		return requisition{}, errNotFound
+	}
+	return r, nil
 }
 
-// list returns all requisitions in creation order.
-func (s *requisitions) list() []requisition {
+func (s *requisitions) list(context.Context) ([]requisition, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := make([]requisition, 0, len(s.ids))
 	for _, id := range s.ids {
 		out = append(out, s.byID[id])
 	}
-	return out
+	return out, nil
 }
 
-// apply moves the requisition id along t and returns it. It returns
-// errNotFound for an unknown id, and an error that says why when t is not
-// allowed from the requisition's status.
-func (s *requisitions) apply(id string, t transition) (requisition, error) {
+func (s *requisitions) apply(_ *gin.Context, id string, t transition) (requisition, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r, ok := s.byID[id]
@@ -102,25 +133,25 @@ func (s *requisitions) apply(id string, t transition) (requisition, error) {
 			return r, nil
 		}
 	}
-	return requisition{}, fmt.Errorf("cannot %s a requisition in status %s (allowed from %v)", t.action, r.Status, t.from)
+	return requisition{}, &transitionError{t: t, is: r.Status}
 }
 
 // service holds the HTTP handlers of the requisition API.
 type service struct {
-	reqs *requisitions
+	reqs repository
 	wait func() // the simulated backend latency of write handlers
 }
 
-// newService returns a service with no requisitions whose write handlers
-// wait for cfg.Latency (or call cfg.hold, when set).
-func newService(cfg config) *service {
+// newService returns a service on reqs whose write handlers wait for
+// cfg.Latency (or call cfg.hold, when set).
+func newService(cfg config, reqs repository) *service {
 	wait := cfg.hold
 	if wait == nil {
 		// A plain sleep, not cut short when the client goes away: a slow
 		// backend finishes its write anyway, and the middleware records it.
 		wait = func() { time.Sleep(cfg.Latency) }
 	}
-	return &service{reqs: &requisitions{byID: map[string]requisition{}}, wait: wait}
+	return &service{reqs: reqs, wait: wait}
 }
 
 // create handles POST /api/requisitions.
@@ -137,7 +168,11 @@ func (s *service) create(c *gin.Context) {
 		return
 	}
 	s.wait()
-	r := s.reqs.create(in.Program, in.Facility)
+	r, err := s.reqs.create(c, in.Program, in.Facility)
+	if err != nil {
+		databaseFailed(c, err)
+		return
+	}
 	c.Header("Location", location(r.ID))
 	c.JSON(http.StatusCreated, r)
 }
@@ -146,12 +181,15 @@ func (s *service) create(c *gin.Context) {
 func (s *service) transition(t transition) gin.HandlerFunc {
 	return func(c *gin.Context) {
 		s.wait()
-		r, err := s.reqs.apply(c.Param("id"), t)
+		r, err := s.reqs.apply(c, c.Param("id"), t)
+		var invalid *transitionError
 		switch {
 		case errors.Is(err, errNotFound):
 			abortProblem(c, http.StatusNotFound, "not-found", "no requisition with this id")
+		case errors.As(err, &invalid):
+			abortProblem(c, http.StatusConflict, "invalid-transition", invalid.Error())
 		case err != nil:
-			abortProblem(c, http.StatusConflict, "invalid-transition", err.Error())
+			databaseFailed(c, err)
 		default:
 			c.Header("Location", location(r.ID))
 			c.JSON(http.StatusOK, r)
@@ -161,17 +199,34 @@ func (s *service) transition(t transition) gin.HandlerFunc {
 
 // get handles GET /api/requisitions/{id}.
 func (s *service) get(c *gin.Context) {
-	r, ok := s.reqs.get(c.Param("id"))
-	if !ok {
+	r, err := s.reqs.get(c.Request.Context(), c.Param("id"))
+	switch {
+	case errors.Is(err, errNotFound):
 		abortProblem(c, http.StatusNotFound, "not-found", "no requisition with this id")
-		return
+	case err != nil:
+		databaseFailed(c, err)
+	default:
+		c.JSON(http.StatusOK, r)
 	}
-	c.JSON(http.StatusOK, r)
 }
 
 // list handles GET /api/requisitions.
 func (s *service) list(c *gin.Context) {
-	c.JSON(http.StatusOK, gin.H{"items": s.reqs.list()})
+	items, err := s.reqs.list(c.Request.Context())
+	if err != nil {
+		databaseFailed(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"items": items})
+}
+
+// databaseFailed logs err and answers 503: a 5xx, so the idempotency
+// middleware keeps nothing (and rolls back the request's transaction), and
+// a retry with the same key runs again.
+func databaseFailed(c *gin.Context, err error) {
+	slog.ErrorContext(c.Request.Context(), "requisitions: database failed", "err", err)
+	c.Header("Retry-After", "1")
+	abortProblem(c, http.StatusServiceUnavailable, "unavailable", "the database did not answer; retry")
 }
 
 // location is the URL path of the requisition id.

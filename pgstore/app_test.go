@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -17,8 +18,19 @@ import (
 	"github.com/stretchr/testify/require"
 
 	idem "github.com/ginidem/idempotency"
+	"github.com/ginidem/idempotency/internal/pgtest"
 	"github.com/ginidem/idempotency/pgstore"
 )
+
+func TestMain(m *testing.M) {
+	gin.SetMode(gin.TestMode)
+	if mode := os.Getenv(crashChildEnv); mode != "" {
+		runCrashChild(mode) // never returns: the parent kills it
+	}
+	code := m.Run()
+	pgtest.StopShared()
+	os.Exit(code)
+}
 
 // Keys used across the tests: UUID v4s, as the middleware's default
 // validator wants.
@@ -125,11 +137,11 @@ func serve(t *testing.T, r http.Handler) *httptest.Server {
 
 // newEngine is a Gin engine with the middleware on store (and opts) and the
 // order handler on POST /orders.
-func newEngine(db *testDB, store idem.Store, runs *atomic.Int32, hadTx *atomic.Bool, opts ...idem.Option) *gin.Engine {
+func newEngine(db *pgtest.DB, store idem.Store, runs *atomic.Int32, hadTx *atomic.Bool, opts ...idem.Option) *gin.Engine {
 	r := gin.New()
 	r.Use(gin.Recovery())
 	r.Use(idem.New(append([]idem.Option{idem.WithStore(store)}, opts...)...))
-	r.POST("/orders", orderHandler(db.pool, runs, hadTx))
+	r.POST("/orders", orderHandler(db.Pool, runs, hadTx))
 	return r
 }
 

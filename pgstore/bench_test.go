@@ -10,6 +10,7 @@ import (
 	"github.com/gin-gonic/gin"
 	"github.com/google/uuid"
 
+	"github.com/ginidem/idempotency/internal/pgtest"
 	"github.com/ginidem/idempotency/pgstore"
 )
 
@@ -20,13 +21,13 @@ import (
 // cache, and from Postgres). Each case after "bare" reports its throughput
 // as a ratio to bare's in the same run ("x-bare"; 1.00 is no cost).
 func BenchmarkPostgres(b *testing.B) {
-	db := newTestDB(b)
-	db.exec(b, ordersSchema)
+	db := pgtest.NewDB(b)
+	db.Exec(b, ordersSchema)
 	var runs atomic.Int32
 	bare := gin.New()
-	bare.POST("/orders", orderHandler(db.pool, &runs, nil))
+	bare.POST("/orders", orderHandler(db.Pool, &runs, nil))
 	cached := newEngine(db, newStore(b, db), &runs, nil)
-	uncached := newEngine(db, pgstore.New(db.pool, pgstore.WithLocalCache(0, 0)), &runs, nil)
+	uncached := newEngine(db, pgstore.New(db.Pool, pgstore.WithLocalCache(0, 0)), &runs, nil)
 
 	var bareNs float64
 	serveAll := func(b *testing.B, h http.Handler, keys []string) {

@@ -16,13 +16,14 @@ import (
 	"github.com/stretchr/testify/require"
 
 	idem "github.com/ginidem/idempotency"
+	"github.com/ginidem/idempotency/internal/pgtest"
 	"github.com/ginidem/idempotency/pgstore"
 )
 
 // pgApp is the order handler behind a real Gin engine and HTTP server, with
 // the middleware on a Postgres store.
 type pgApp struct {
-	db    *testDB
+	db    *pgtest.DB
 	store *pgstore.Store
 	url   string // of POST /orders
 	runs  atomic.Int32
@@ -31,8 +32,8 @@ type pgApp struct {
 
 func newPGApp(t *testing.T, storeOpts []pgstore.Option, opts ...idem.Option) *pgApp {
 	t.Helper()
-	db := newTestDB(t)
-	db.exec(t, ordersSchema)
+	db := pgtest.NewDB(t)
+	db.Exec(t, ordersSchema)
 	a := &pgApp{db: db, store: newStore(t, db, storeOpts...)}
 	a.url = serve(t, newEngine(db, a.store, &a.runs, &a.hadTx, opts...)).URL + "/orders"
 	return a
@@ -76,11 +77,11 @@ func TestSpec17_ReplayIsByteIdentical(t *testing.T) {
 			assert.Equal(t, first.header.Get("Location"), again.header.Get("Location"))
 			assert.Equal(t, first.header.Get("Content-Type"), again.header.Get("Content-Type"))
 			assert.Equal(t, int32(1), a.runs.Load())
-			assert.Equal(t, 1, a.db.count(t, "orders"))
+			assert.Equal(t, 1, a.db.Count(t, "orders"))
 
 			other := send(a.url, key2, `{"item":"book"}`)
 			assert.Equal(t, http.StatusCreated, other.status, "another key runs")
-			assert.Equal(t, 2, a.db.count(t, "orders"))
+			assert.Equal(t, 2, a.db.Count(t, "orders"))
 		})
 	}
 }
@@ -93,19 +94,19 @@ func TestSpec16_MismatchIs409(t *testing.T) {
 	p := problem(t, send(a.url, key1, `{"item":"pen"}`), http.StatusConflict)
 	assert.Equal(t, idem.ProblemKeyMismatch, p.Type)
 	assert.Equal(t, int32(1), a.runs.Load())
-	assert.Equal(t, 1, a.db.count(t, "orders"))
+	assert.Equal(t, 1, a.db.Count(t, "orders"))
 }
 
 // TestSpec18_InFlightIs409: a duplicate while the first request still runs
 // gets 409 with Retry-After; the first then commits, and a later retry gets
 // its answer.
 func TestSpec18_InFlightIs409(t *testing.T) {
-	db := newTestDB(t)
-	db.exec(t, ordersSchema)
+	db := pgtest.NewDB(t)
+	db.Exec(t, ordersSchema)
 	store := newStore(t, db)
 	gate, entered := make(chan struct{}), make(chan struct{}, 1)
 	var runs atomic.Int32
-	inner := orderHandler(db.pool, &runs, nil)
+	inner := orderHandler(db.Pool, &runs, nil)
 	r := gin.New()
 	r.POST("/orders", idem.New(idem.WithStore(store)), func(c *gin.Context) {
 		entered <- struct{}{}
@@ -136,15 +137,15 @@ func TestSpec18_InFlightIs409(t *testing.T) {
 // through the pool, not the request's transaction, runs once and is
 // replayed, as on any store.
 func TestSpec31_HandlerWithoutTheTransactionStillWorks(t *testing.T) {
-	db := newTestDB(t)
-	db.exec(t, ordersSchema)
+	db := pgtest.NewDB(t)
+	db.Exec(t, ordersSchema)
 	store := newStore(t, db)
 	var runs atomic.Int32
 	r := gin.New()
 	r.POST("/orders", idem.New(idem.WithStore(store)), func(c *gin.Context) {
 		runs.Add(1)
 		var id int64
-		if err := db.pool.QueryRow(c.Request.Context(), "INSERT INTO orders (item) VALUES ('pool') RETURNING id").Scan(&id); err != nil {
+		if err := db.Pool.QueryRow(c.Request.Context(), "INSERT INTO orders (item) VALUES ('pool') RETURNING id").Scan(&id); err != nil {
 			c.String(http.StatusInternalServerError, "%v", err)
 			return
 		}
@@ -157,7 +158,7 @@ func TestSpec31_HandlerWithoutTheTransactionStillWorks(t *testing.T) {
 	assert.True(t, again.replayed())
 	assert.Equal(t, first.body, again.body)
 	assert.Equal(t, int32(1), runs.Load())
-	assert.Equal(t, 1, db.count(t, "orders"))
+	assert.Equal(t, 1, db.Count(t, "orders"))
 }
 
 // TestSpec31_NoKeyNoTransaction: a request without a key runs without the
@@ -167,16 +168,16 @@ func TestSpec31_NoKeyNoTransaction(t *testing.T) {
 	res := send(a.url, "", `{"item":"book"}`)
 	require.Equal(t, http.StatusCreated, res.status, res.body)
 	assert.False(t, a.hadTx.Load())
-	assert.Equal(t, 1, a.db.count(t, "orders"), "written through the pool")
-	assert.Equal(t, 0, a.db.count(t, "idempotency_records"))
+	assert.Equal(t, 1, a.db.Count(t, "orders"), "written through the pool")
+	assert.Equal(t, 0, a.db.Count(t, "idempotency_records"))
 }
 
 // TestSpec31_HandlerCannotEndTheTransaction: the transaction the handler
 // gets refuses Commit and Rollback (the middleware ends it), and a nested
 // transaction (a savepoint) works as usual.
 func TestSpec31_HandlerCannotEndTheTransaction(t *testing.T) {
-	db := newTestDB(t)
-	db.exec(t, ordersSchema)
+	db := pgtest.NewDB(t)
+	db.Exec(t, ordersSchema)
 	store := newStore(t, db)
 	r := gin.New()
 	r.POST("/orders", idem.New(idem.WithStore(store)), func(c *gin.Context) {
@@ -205,7 +206,7 @@ func TestSpec31_HandlerCannotEndTheTransaction(t *testing.T) {
 	res := send(url, key1, "{}")
 	require.Equal(t, http.StatusCreated, res.status, res.body)
 	var items []string
-	rows, err := db.pool.Query(context.Background(), "SELECT item FROM orders")
+	rows, err := db.Pool.Query(context.Background(), "SELECT item FROM orders")
 	require.NoError(t, err)
 	items, err = pgx.CollectRows(rows, pgx.RowTo[string])
 	require.NoError(t, err)
@@ -216,13 +217,13 @@ func TestSpec31_HandlerCannotEndTheTransaction(t *testing.T) {
 // transaction and then answers 5xx leaves nothing: its insert rolls back,
 // the key is released, and the retry runs again.
 func TestSpec31_HandlerFailureRollsBack(t *testing.T) {
-	db := newTestDB(t)
-	db.exec(t, ordersSchema)
+	db := pgtest.NewDB(t)
+	db.Exec(t, ordersSchema)
 	store := newStore(t, db)
 	var fail atomic.Bool
 	fail.Store(true)
 	var runs atomic.Int32
-	inner := orderHandler(db.pool, &runs, nil)
+	inner := orderHandler(db.Pool, &runs, nil)
 	r := gin.New()
 	r.POST("/orders", idem.New(idem.WithStore(store)), func(c *gin.Context) {
 		if fail.Load() {
@@ -239,14 +240,14 @@ func TestSpec31_HandlerFailureRollsBack(t *testing.T) {
 	res := send(url, key1, `{"item":"book"}`)
 	assert.Equal(t, http.StatusInternalServerError, res.status)
 	assert.Equal(t, "downstream failed", res.body, "a response that is not kept is sent as the handler wrote it")
-	assert.Equal(t, 0, db.count(t, "orders"), "rolled back")
-	assert.Equal(t, 0, db.count(t, "idempotency_records"), "the key is released")
+	assert.Equal(t, 0, db.Count(t, "orders"), "rolled back")
+	assert.Equal(t, 0, db.Count(t, "idempotency_records"), "the key is released")
 
 	fail.Store(false)
 	res = send(url, key1, `{"item":"book"}`)
 	require.Equal(t, http.StatusCreated, res.status, res.body)
 	assert.Equal(t, int32(2), runs.Load())
-	assert.Equal(t, 1, db.count(t, "orders"))
+	assert.Equal(t, 1, db.Count(t, "orders"))
 }
 
 // TestSpec31_FailedCommitAnswersAProblemAndReleases: when COMMIT fails (here
@@ -254,8 +255,8 @@ func TestSpec31_HandlerFailureRollsBack(t *testing.T) {
 // client gets a problem, never the handler's 201; nothing is kept, the
 // key is released, and the retry runs again.
 func TestSpec31_FailedCommitAnswersAProblemAndReleases(t *testing.T) {
-	db := newTestDB(t)
-	db.exec(t, `CREATE TABLE tickets (
+	db := pgtest.NewDB(t)
+	db.Exec(t, `CREATE TABLE tickets (
         seat int NOT NULL,
         CONSTRAINT one_per_seat UNIQUE (seat) DEFERRABLE INITIALLY DEFERRED
     )`)
@@ -289,15 +290,15 @@ func TestSpec31_FailedCommitAnswersAProblemAndReleases(t *testing.T) {
 	p := problem(t, res, http.StatusServiceUnavailable)
 	assert.Equal(t, idem.ProblemStoreUnavailable, p.Type)
 	assert.NotContains(t, res.body, "booked")
-	assert.Equal(t, 0, db.count(t, "tickets"))
-	assert.Equal(t, 0, db.count(t, "idempotency_records"), "the key is released")
+	assert.Equal(t, 0, db.Count(t, "tickets"))
+	assert.Equal(t, 0, db.Count(t, "idempotency_records"), "the key is released")
 
 	doubleBook.Store(false)
 	res = send(url, key1, "{}")
 	require.Equal(t, http.StatusCreated, res.status, res.body)
 	assert.Equal(t, "booked", res.body)
 	assert.Equal(t, int32(2), runs.Load())
-	assert.Equal(t, 1, db.count(t, "tickets"))
+	assert.Equal(t, 1, db.Count(t, "tickets"))
 	again := send(url, key1, "{}")
 	assert.True(t, again.replayed())
 	assert.Equal(t, int32(2), runs.Load())
@@ -309,26 +310,26 @@ func TestSpec31_FailedCommitAnswersAProblemAndReleases(t *testing.T) {
 // of this request: the handler's insert rolls back with it, and the client
 // gets a problem, not the 201.
 func TestSpec31_LostLeaseAtCommitRollsBack(t *testing.T) {
-	db := newTestDB(t)
-	db.exec(t, ordersSchema)
+	db := pgtest.NewDB(t)
+	db.Exec(t, ordersSchema)
 	store := newStore(t, db)
 	var runs atomic.Int32
 	var hadTx atomic.Bool
-	inner := orderHandler(db.pool, &runs, &hadTx)
+	inner := orderHandler(db.Pool, &runs, &hadTx)
 	r := gin.New()
 	r.POST("/orders", idem.New(idem.WithStore(store)), func(c *gin.Context) {
 		inner(c)
 		// Another request takes the key over (on another connection).
-		_, err := db.pool.Exec(context.Background(), "UPDATE idempotency_records SET token = gen_random_uuid()")
+		_, err := db.Pool.Exec(context.Background(), "UPDATE idempotency_records SET token = gen_random_uuid()")
 		assert.NoError(t, err)
 	})
 	url := serve(t, r).URL + "/orders"
 	res := send(url, key1, `{"item":"book"}`)
 	requireTx(t, &hadTx)
 	problem(t, res, http.StatusServiceUnavailable)
-	assert.Equal(t, 0, db.count(t, "orders"), "the insert rolled back with the record")
+	assert.Equal(t, 0, db.Count(t, "orders"), "the insert rolled back with the record")
 	var state int
-	require.NoError(t, db.pool.QueryRow(context.Background(), "SELECT state FROM idempotency_records").Scan(&state))
+	require.NoError(t, db.Pool.QueryRow(context.Background(), "SELECT state FROM idempotency_records").Scan(&state))
 	assert.Equal(t, int(idem.InFlight), state, "the new owner's record is untouched")
 }
 
@@ -337,8 +338,8 @@ func TestSpec31_LostLeaseAtCommitRollsBack(t *testing.T) {
 // both are visible to every connection. A store wrapper holds the commit
 // until the test has seen that nothing was answered yet.
 func TestSpec31_AnswerOnlyAfterCommit(t *testing.T) {
-	db := newTestDB(t)
-	db.exec(t, ordersSchema)
+	db := pgtest.NewDB(t)
+	db.Exec(t, ordersSchema)
 	inCommit, release := make(chan struct{}, 1), make(chan struct{})
 	store := &gatedStore{Store: newStore(t, db), inCommit: inCommit, release: release}
 	var runs atomic.Int32
@@ -355,13 +356,13 @@ func TestSpec31_AnswerOnlyAfterCommit(t *testing.T) {
 		t.Fatalf("answered before the commit: %d %s", r.status, r.body)
 	case <-time.After(100 * time.Millisecond): // a bounded look for an early answer
 	}
-	assert.Equal(t, 0, db.count(t, "orders"), "not committed yet")
+	assert.Equal(t, 0, db.Count(t, "orders"), "not committed yet")
 	close(release)
 	res := recv(t, answer)
 	require.Equal(t, http.StatusCreated, res.status, res.body)
-	assert.Equal(t, 1, db.count(t, "orders"))
+	assert.Equal(t, 1, db.Count(t, "orders"))
 	var state int
-	require.NoError(t, db.pool.QueryRow(context.Background(), "SELECT state FROM idempotency_records").Scan(&state))
+	require.NoError(t, db.Pool.QueryRow(context.Background(), "SELECT state FROM idempotency_records").Scan(&state))
 	assert.Equal(t, int(idem.Completed), state)
 }
 
@@ -402,8 +403,8 @@ var _ idem.TxStore = (*gatedStore)(nil)
 // refuses a token that lost the key (rolling back), and Rollback is safe
 // after Commit.
 func TestSpec31_TransactionUnit(t *testing.T) {
-	db := newTestDB(t)
-	db.exec(t, ordersSchema)
+	db := pgtest.NewDB(t)
+	db.Exec(t, ordersSchema)
 	s := newStore(t, db)
 	ctx := storeCtx(t)
 	insert := func(tx idem.Tx) {
@@ -420,8 +421,8 @@ func TestSpec31_TransactionUnit(t *testing.T) {
 	require.NoError(t, tx.Commit(ctx, completed, ttl))
 	assert.NoError(t, tx.Rollback(ctx), "safe after Commit")
 	assert.Error(t, tx.Commit(ctx, completed, ttl), "once")
-	assert.Equal(t, 1, db.count(t, "orders"))
-	_, held, err := pgstore.New(db.pool).Acquire(ctx, "a", testClaim, lease)
+	assert.Equal(t, 1, db.Count(t, "orders"))
+	_, held, err := pgstore.New(db.Pool).Acquire(ctx, "a", testClaim, lease)
 	require.NoError(t, err)
 	require.NotNil(t, held)
 	assert.Equal(t, completed.Body, held.Body)
@@ -434,8 +435,8 @@ func TestSpec31_TransactionUnit(t *testing.T) {
 	insert(tx)
 	require.NoError(t, s.Delete(ctx, "b")) // the key is forgotten meanwhile
 	assert.ErrorIs(t, tx.Commit(ctx, completed, ttl), idem.ErrNotOwner)
-	assert.Equal(t, 1, db.count(t, "orders"), "the insert rolled back")
-	assert.Equal(t, 0, db.count(t, "idempotency_records WHERE key = 'b'"))
+	assert.Equal(t, 1, db.Count(t, "orders"), "the insert rolled back")
+	assert.Equal(t, 0, db.Count(t, "idempotency_records WHERE key = 'b'"))
 
 	token, _, err = s.Acquire(ctx, "c", testClaim, lease)
 	require.NoError(t, err)
@@ -444,10 +445,10 @@ func TestSpec31_TransactionUnit(t *testing.T) {
 	insert(tx)
 	require.NoError(t, tx.Rollback(ctx))
 	require.NoError(t, tx.Rollback(ctx), "twice")
-	assert.Equal(t, 1, db.count(t, "orders"))
+	assert.Equal(t, 1, db.Count(t, "orders"))
 	require.NoError(t, s.Release(ctx, "c", token), "the key is still this request's")
 
 	_, err = s.Begin(ctx, "c", "not a token")
 	assert.ErrorIs(t, err, idem.ErrNotOwner)
-	assert.Equal(t, int32(0), db.pool.Stat().AcquiredConns(), "every connection went back to the pool")
+	assert.Equal(t, int32(0), db.Pool.Stat().AcquiredConns(), "every connection went back to the pool")
 }

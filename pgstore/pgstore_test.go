@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	idem "github.com/ginidem/idempotency"
+	"github.com/ginidem/idempotency/internal/pgtest"
 	"github.com/ginidem/idempotency/pgstore"
 )
 
@@ -62,7 +63,7 @@ var completed = &idem.Record{State: idem.Completed, Fingerprint: testClaim.Finge
 // a record this process has seen is none.
 func TestSpec10_OneRoundTripPerStep(t *testing.T) {
 	var counter statementCounter
-	db := newTestDB(t, traced(&counter))
+	db := pgtest.NewDB(t, traced(&counter))
 	s := newStore(t, db)
 	ctx := storeCtx(t)
 
@@ -86,14 +87,14 @@ func TestSpec10_OneRoundTripPerStep(t *testing.T) {
 		assert.Equal(t, completed.Body, held.Body)
 	}), "a replay this process has seen: from the local cache")
 
-	other := pgstore.New(db.pool) // another process: its cache is empty
+	other := pgstore.New(db.Pool) // another process: its cache is empty
 	assert.Equal(t, int64(1), counter.delta(func() {
 		_, held, err := other.Acquire(ctx, "k", testClaim, lease)
 		require.NoError(t, err)
 		require.NotNil(t, held)
 	}), "a replay another process wrote: one round trip")
 	var xmax string
-	require.NoError(t, db.pool.QueryRow(ctx, "SELECT xmax::text FROM idempotency_records WHERE key = 'k'").Scan(&xmax))
+	require.NoError(t, db.Pool.QueryRow(ctx, "SELECT xmax::text FROM idempotency_records WHERE key = 'k'").Scan(&xmax))
 	assert.Equal(t, "0", xmax, "a held key is read, not locked: the replay wrote nothing")
 	assert.Equal(t, int64(0), counter.delta(func() {
 		_, _, err := other.Acquire(ctx, "k", testClaim, lease)
@@ -114,7 +115,7 @@ func TestSpec10_OneRoundTripPerStep(t *testing.T) {
 // change hands.
 func TestSpec10_ConcurrentAcquiresOnManyKeys(t *testing.T) {
 	clock := newFakeClock()
-	s := newStore(t, newTestDB(t, func(cfg *pgxpool.Config) { cfg.MaxConns = 8 }), pgstore.WithClock(clock.Now))
+	s := newStore(t, pgtest.NewDB(t, func(cfg *pgxpool.Config) { cfg.MaxConns = 8 }), pgstore.WithClock(clock.Now))
 	ctx := storeCtx(t)
 	const keys, racers = 100, 8
 	for round := range 2 { // the second round takes over expired leases
@@ -147,7 +148,7 @@ func TestSpec10_ConcurrentAcquiresOnManyKeys(t *testing.T) {
 // wrote is an error wrapping ErrCorruptRecord for that request, never a
 // panic or a huge allocation; the row is left alone.
 func TestSpec25_CorruptRowsAreErrors(t *testing.T) {
-	db := newTestDB(t)
+	db := pgtest.NewDB(t)
 	s := newStore(t, db, pgstore.WithMaxBodySize(1024))
 	cases := []struct {
 		name, set string
@@ -173,12 +174,12 @@ func TestSpec25_CorruptRowsAreErrors(t *testing.T) {
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			key := fmt.Sprintf("k%d", i)
-			completeKey(t, pgstore.New(db.pool, pgstore.WithLocalCache(0, 0)), key, completed)
-			db.exec(t, "UPDATE idempotency_records SET "+tc.set+" WHERE key = $1", append([]any{key}, tc.args...)...)
+			completeKey(t, pgstore.New(db.Pool, pgstore.WithLocalCache(0, 0)), key, completed)
+			db.Exec(t, "UPDATE idempotency_records SET "+tc.set+" WHERE key = $1", append([]any{key}, tc.args...)...)
 			_, held, err := s.Acquire(storeCtx(t), key, testClaim, lease)
 			assert.ErrorIs(t, err, pgstore.ErrCorruptRecord)
 			assert.Nil(t, held)
-			assert.Equal(t, 1, db.count(t, fmt.Sprintf("idempotency_records WHERE key = '%s'", key)), "left alone")
+			assert.Equal(t, 1, db.Count(t, fmt.Sprintf("idempotency_records WHERE key = '%s'", key)), "left alone")
 		})
 	}
 }
@@ -186,7 +187,7 @@ func TestSpec25_CorruptRowsAreErrors(t *testing.T) {
 // TestSpec27_RandomHeaderBytesNeverPanic: whatever bytes the header column
 // holds, Acquire returns the record or an ErrCorruptRecord, never panics.
 func TestSpec27_RandomHeaderBytesNeverPanic(t *testing.T) {
-	db := newTestDB(t)
+	db := pgtest.NewDB(t)
 	s := newStore(t, db, pgstore.WithLocalCache(0, 0))
 	ctx := storeCtx(t)
 	completeKey(t, s, "k", completed)
@@ -199,7 +200,7 @@ func TestSpec27_RandomHeaderBytesNeverPanic(t *testing.T) {
 		if len(b) > 0 && rng.IntN(2) == 0 {
 			b[0] = 1 // mostly the right version, to get past it
 		}
-		db.exec(t, "UPDATE idempotency_records SET header = $1 WHERE key = 'k'", b)
+		db.Exec(t, "UPDATE idempotency_records SET header = $1 WHERE key = 'k'", b)
 		_, held, err := s.Acquire(ctx, "k", testClaim, lease)
 		if err != nil {
 			require.ErrorIs(t, err, pgstore.ErrCorruptRecord, "%x", b)
@@ -225,7 +226,7 @@ func manyHeaders(n int) []byte {
 // maximum, or headers beyond the decoder's bounds, are kept as a record
 // without body (duplicates get 409 with the Location), never refused.
 func TestSpec15_RecordsBeyondTheBoundsKeepNoBody(t *testing.T) {
-	db := newTestDB(t)
+	db := pgtest.NewDB(t)
 	s := newStore(t, db, pgstore.WithMaxBodySize(16), pgstore.WithLocalCache(0, 0))
 	ctx := storeCtx(t)
 
@@ -265,10 +266,10 @@ func TestSpec15_RecordsBeyondTheBoundsKeepNoBody(t *testing.T) {
 // another process stops being replayed here within that bound.
 func TestSpec30_LocalCacheStaleness(t *testing.T) {
 	var counter statementCounter
-	db := newTestDB(t, traced(&counter))
+	db := pgtest.NewDB(t, traced(&counter))
 	clock := newFakeClock()
 	s := newStore(t, db, pgstore.WithClock(clock.Now))
-	other := pgstore.New(db.pool, pgstore.WithClock(clock.Now))
+	other := pgstore.New(db.Pool, pgstore.WithClock(clock.Now))
 	ctx := storeCtx(t)
 
 	completeKey(t, s, "k", completed)
@@ -317,7 +318,7 @@ func TestSpec30_LocalCacheStaleness(t *testing.T) {
 // bytes; a record evicted from it is read from Postgres again.
 func TestSpec30_LocalCacheBounds(t *testing.T) {
 	var counter statementCounter
-	db := newTestDB(t, traced(&counter))
+	db := pgtest.NewDB(t, traced(&counter))
 	s := newStore(t, db, pgstore.WithLocalCache(2, 1<<20))
 	ctx := storeCtx(t)
 	for _, k := range []string{"a", "b", "c"} {
@@ -346,7 +347,7 @@ func TestSpec30_LocalCacheBounds(t *testing.T) {
 // TestSpec19_Sweep: Sweep deletes expired rows, at most limit at a time,
 // and never a live one.
 func TestSpec19_Sweep(t *testing.T) {
-	db := newTestDB(t)
+	db := pgtest.NewDB(t)
 	clock := newFakeClock()
 	s := newStore(t, db, pgstore.WithClock(clock.Now))
 	ctx := storeCtx(t)
@@ -373,44 +374,44 @@ func TestSpec19_Sweep(t *testing.T) {
 	n, err = s.Sweep(ctx, 4)
 	require.NoError(t, err)
 	assert.Equal(t, 2, n, "the last completed record and the expired lease of live")
-	assert.Equal(t, 0, db.count(t, "idempotency_records"))
+	assert.Equal(t, 0, db.Count(t, "idempotency_records"))
 }
 
 // TestSpec29_MigrateIsIdempotent: Migrate creates the table and its expiry
 // index once, may run again and concurrently (replicas starting together),
 // and the table name is configurable.
 func TestSpec29_MigrateIsIdempotent(t *testing.T) {
-	db := newTestDB(t)
+	db := pgtest.NewDB(t)
 	ctx := storeCtx(t)
 	var wg sync.WaitGroup
 	for range 4 {
-		wg.Go(func() { assert.NoError(t, pgstore.New(db.pool).Migrate(ctx)) })
+		wg.Go(func() { assert.NoError(t, pgstore.New(db.Pool).Migrate(ctx)) })
 	}
 	wg.Wait()
-	require.NoError(t, pgstore.New(db.pool).Migrate(ctx), "again")
+	require.NoError(t, pgstore.New(db.Pool).Migrate(ctx), "again")
 	var index string
-	require.NoError(t, db.pool.QueryRow(ctx,
-		"SELECT indexdef FROM pg_indexes WHERE schemaname = $1 AND indexname = 'idempotency_records_expires_at_idx'", db.schema).Scan(&index))
+	require.NoError(t, db.Pool.QueryRow(ctx,
+		"SELECT indexdef FROM pg_indexes WHERE schemaname = $1 AND indexname = 'idempotency_records_expires_at_idx'", db.Schema).Scan(&index))
 	assert.Contains(t, index, "(expires_at)")
 
 	for _, table := range []string{"orders_idem", "select"} { // a reserved word is a name too
 		s := newStore(t, db, pgstore.WithTable(table))
 		completeKey(t, s, "k", completed)
-		assert.Equal(t, 1, db.count(t, `"`+table+`"`))
+		assert.Equal(t, 1, db.Count(t, `"`+table+`"`))
 	}
 }
 
 // TestNewPanicsOnInvalidConfiguration: New panics, with a "pgstore:"
 // prefix, on a nil pool or a table name that is not a plain identifier.
 func TestNewPanicsOnInvalidConfiguration(t *testing.T) {
-	db := newTestDB(t)
+	db := pgtest.NewDB(t)
 	assert.PanicsWithValue(t, "pgstore: New with a nil pool", func() { pgstore.New(nil) })
 	for _, name := range []string{"", "Records", "1records", "idem records", `idem"; DROP TABLE x; --`, "public.records", strings.Repeat("a", 49)} {
-		assert.Panics(t, func() { pgstore.New(db.pool, pgstore.WithTable(name)) }, name)
+		assert.Panics(t, func() { pgstore.New(db.Pool, pgstore.WithTable(name)) }, name)
 		func() {
 			defer func() { assert.True(t, strings.HasPrefix(fmt.Sprint(recover()), "pgstore: "), name) }()
-			pgstore.New(db.pool, pgstore.WithTable(name))
+			pgstore.New(db.Pool, pgstore.WithTable(name))
 		}()
 	}
-	assert.NotPanics(t, func() { pgstore.New(db.pool, pgstore.WithTable(strings.Repeat("a", 48))) })
+	assert.NotPanics(t, func() { pgstore.New(db.Pool, pgstore.WithTable(strings.Repeat("a", 48))) })
 }

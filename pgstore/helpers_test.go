@@ -1,0 +1,59 @@
+package pgstore_test
+
+// What the tests share: clocks, a migrated store, a context with a
+// deadline. The store-level conformance table runs on pgstore from the
+// root package (store_suite_test.go, postgres_harness_test.go).
+
+import (
+	"context"
+	"net/http"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	idem "github.com/ginidem/idempotency"
+	"github.com/ginidem/idempotency/internal/pgtest"
+	"github.com/ginidem/idempotency/pgstore"
+)
+
+// fakeClock is a manually advanced clock.
+type fakeClock struct{ ns atomic.Int64 }
+
+func newFakeClock() *fakeClock {
+	c := &fakeClock{}
+	c.ns.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
+	return c
+}
+
+func (c *fakeClock) Now() time.Time          { return time.Unix(0, c.ns.Load()) }
+func (c *fakeClock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
+
+// shiftedClock is the real clock moved forward by Advance: for a store that
+// shares a table with a process on the real clock (the crash tests).
+type shiftedClock struct{ shift atomic.Int64 }
+
+func (c *shiftedClock) Now() time.Time          { return time.Now().Add(time.Duration(c.shift.Load())) }
+func (c *shiftedClock) Advance(d time.Duration) { c.shift.Add(int64(d)) }
+
+// newStore returns a migrated store on db.
+func newStore(t testing.TB, db *pgtest.DB, opts ...pgstore.Option) *pgstore.Store {
+	t.Helper()
+	s := pgstore.New(db.Pool, opts...)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	require.NoError(t, s.Migrate(ctx))
+	return s
+}
+
+// storeCtx is a context with a deadline, as the middleware gives every
+// store call.
+func storeCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// testClaim is the first request of a key in the store-level tests.
+var testClaim = &idem.Record{Fingerprint: []byte("fp-1"), Method: http.MethodPost, Path: "/things"}
