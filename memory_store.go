@@ -151,9 +151,6 @@ func (s *MemoryStore) Complete(ctx context.Context, key, token string, rec *Reco
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	kept := *rec
-	kept.Token = token
-	kept = compact(&kept) // outside the lock: one allocation for its fields, cheap to keep for a day
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now()
@@ -163,7 +160,8 @@ func (s *MemoryStore) Complete(ctx context.Context, key, token string, rec *Reco
 	}
 	// The entry keeps its map slot; only its size and ring change.
 	s.bytes -= e.size
-	e.rec = kept
+	e.rec = *rec
+	e.rec.Token = token
 	e.rec.State = Completed
 	e.rec.ExpiresAt = now.Add(ttl)
 	e.size = recordSize(key, &e.rec)
@@ -238,7 +236,6 @@ func (s *MemoryStore) peek(key string) *Record {
 // rec.ExpiresAt, within the store's bounds. It serves the Redis store's
 // local cache.
 func (s *MemoryStore) keep(key string, rec *Record) {
-	kept := compact(rec)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now()
@@ -248,7 +245,7 @@ func (s *MemoryStore) keep(key string, rec *Record) {
 	if rec.State != Completed || !now.Before(rec.ExpiresAt) {
 		return
 	}
-	e := &memoryEntry{key: key, rec: kept}
+	e := &memoryEntry{key: key, rec: *rec}
 	e.size = recordSize(key, &e.rec)
 	if s.makeRoom(1, e.size, now, nil) {
 		s.put(e)
