@@ -3,6 +3,7 @@ package idempotency
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -75,3 +76,23 @@ func (m *middleware) breakerChanged(to gobreaker.State) {
 // defaultBreakerProbe is how long the breaker stays open before it probes
 // the store again: the Retry-After the refused requests get.
 const defaultBreakerProbe = time.Second
+
+// WithCircuitBreaker sets when the middleware stops calling a store that
+// keeps failing (default: after 5 consecutive failed acquisitions, probing
+// every second). While the circuit is open, keyed requests are answered at
+// once, 503 with Retry-After or, with [WithFailOpen], by running the handler
+// without idempotency, instead of each waiting for the store timeout. After
+// probeEvery one request probes the store, and the circuit closes when it
+// succeeds. Each change is an event and a log line. failures 0 turns the
+// breaker off. A [MemoryStore] never needs one.
+//
+//	idempotency.WithCircuitBreaker(10, 2*time.Second)
+func WithCircuitBreaker(failures int, probeEvery time.Duration) Option {
+	if failures < 0 {
+		panic(fmt.Sprintf("idempotency: circuit breaker failures must not be negative, got %d", failures))
+	}
+	if failures > 0 {
+		mustPositive("circuit breaker probe interval", probeEvery)
+	}
+	return optionFunc(func(c *config) { c.breakerFailures, c.breakerProbe = failures, probeEvery })
+}

@@ -1,6 +1,11 @@
 package idempotency
 
-import "time"
+import (
+	"context"
+	"encoding/hex"
+	"log/slog"
+	"time"
+)
 
 // EventKind names an outcome of the middleware for one request.
 type EventKind uint8
@@ -94,4 +99,27 @@ func (o StoreOp) String() string {
 		return storeOpNames[o]
 	}
 	return ""
+}
+
+// emit reports an outcome to the event hook and the logger.
+func (m *middleware) emit(ctx context.Context, f *flight, kind EventKind, status int, err error) {
+	level := slog.LevelDebug
+	switch kind {
+	case EventStoreError:
+		level = slog.LevelError
+	case EventLostLease:
+		level = slog.LevelWarn
+	}
+	if m.logger.Enabled(ctx, level) {
+		m.logger.LogAttrs(ctx, level, "idempotency: "+kind.String(),
+			slog.String("key", f.key), slog.String("route", f.route), slog.Int("status", status), slog.Any("error", err))
+	}
+	if m.onEvent != nil {
+		m.onEvent(ctx, Event{
+			Kind: kind, ScopeHash: hex.EncodeToString(f.scope[:]), Key: f.key,
+			Method: f.claim.Method, Route: f.route, Status: status, Err: err,
+			StoreOp: f.call.op, StoreLatency: f.call.took,
+		})
+	}
+	f.call = storeCall{}
 }

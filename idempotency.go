@@ -161,7 +161,8 @@ func (m *middleware) handle(c *gin.Context) {
 	token, held, err := m.acquire(c, f)
 	switch {
 	case err != nil:
-		m.storeFailed(c, f, m.markRun(c, mark, &f.mark, key, false), err)
+		m.markRun(c, mark, &f.mark, key, false) // a fail-open run still reads its key
+		m.storeFailed(c, f, err)
 	case held == nil:
 		m.run(c, f, m.markRun(c, mark, &f.mark, key, true), token)
 	case !bytes.Equal(held.Fingerprint, f.claim.Fingerprint):
@@ -291,55 +292,4 @@ func (m *middleware) endWithout(c *gin.Context, f *flight, token string, status 
 		return
 	}
 	m.release(c, f, token, status)
-}
-
-func (m *middleware) mismatch(c *gin.Context, f *flight, held *Record) {
-	m.emit(c.Request.Context(), f, EventMismatch, m.mismatchStatus, nil)
-	detail := "this idempotency key was already used with a different request payload"
-	if held.Method != f.claim.Method || held.Path != f.claim.Path {
-		detail = "this idempotency key was already used on another method or resource path"
-	}
-	m.refuse(c, m.mismatchStatus, ProblemKeyMismatch, "Idempotency key reused", detail)
-}
-
-func (m *middleware) storeFailed(c *gin.Context, f *flight, _ *requestMark, err error) {
-	m.emit(c.Request.Context(), f, EventStoreError, 0, err)
-	if m.failOpen {
-		m.logger.LogAttrs(c.Request.Context(), slog.LevelWarn, "idempotency: store failed, running without idempotency",
-			slog.String("key", f.key), slog.Any("error", err))
-		c.Next()
-		return
-	}
-	c.Header("Retry-After", "1")
-	m.refuse(c, http.StatusServiceUnavailable, ProblemStoreUnavailable, "Idempotency store unavailable",
-		"the idempotency store did not answer; retry later")
-}
-
-// refuse writes one of the middleware's own problems and stops the chain.
-func (m *middleware) refuse(c *gin.Context, status int, typ, title, detail string) {
-	m.problem(c, Problem{Type: typ, Title: title, Status: status, Detail: detail})
-	c.Abort()
-}
-
-// emit reports an outcome to the event hook and the logger.
-func (m *middleware) emit(ctx context.Context, f *flight, kind EventKind, status int, err error) {
-	level := slog.LevelDebug
-	switch kind {
-	case EventStoreError:
-		level = slog.LevelError
-	case EventLostLease:
-		level = slog.LevelWarn
-	}
-	if m.logger.Enabled(ctx, level) {
-		m.logger.LogAttrs(ctx, level, "idempotency: "+kind.String(),
-			slog.String("key", f.key), slog.String("route", f.route), slog.Int("status", status), slog.Any("error", err))
-	}
-	if m.onEvent != nil {
-		m.onEvent(ctx, Event{
-			Kind: kind, ScopeHash: hex.EncodeToString(f.scope[:]), Key: f.key,
-			Method: f.claim.Method, Route: f.route, Status: status, Err: err,
-			StoreOp: f.call.op, StoreLatency: f.call.took,
-		})
-	}
-	f.call = storeCall{}
 }

@@ -175,32 +175,6 @@ func WithMethods(methods ...string) Option {
 	return optionFunc(func(c *config) { c.methods = append([]string(nil), methods...) })
 }
 
-// WithScope sets who owns a key: a function of the request that returns the
-// caller's identity, such as a user id, tenant or API key (default
-// [AuthorizationScope], a fallback). The middleware only keeps its SHA-256,
-// and the same key from another scope is another record, so one caller
-// never receives another's stored response. An empty scope means the
-// caller is unknown: a keyed request gets 400 unless [AllowAnonymousKeys]
-// is set. [ScopeFromContext] reads the id the authentication middleware set.
-//
-//	idempotency.WithScope(idempotency.ScopeFromContext("user_id"))
-func WithScope(scope func(*gin.Context) string) Option {
-	if scope == nil {
-		panic("idempotency: WithScope(nil)")
-	}
-	return optionFunc(func(c *config) { c.scope = scope })
-}
-
-// AllowAnonymousKeys lets callers with an empty scope use keys, on public
-// endpoints where no caller is known. Every anonymous caller then shares
-// one scope, so the key is the only secret: anyone who sends another's key
-// and payload receives that caller's stored response. Without this option a
-// keyed request with an empty scope gets a 400 problem, because the
-// service cannot tell its callers apart.
-func AllowAnonymousKeys() Option {
-	return optionFunc(func(c *config) { c.anonymous = true })
-}
-
 // WithFingerprint sets what identifies a request's payload (default
 // QueryString() and RawBody()). Parts compose: the fingerprint is a SHA-256
 // over each part in turn, after the method and the path.
@@ -284,26 +258,6 @@ func WithConflictOnReplay() Option {
 // handler does not run.
 func WithFailOpen() Option {
 	return optionFunc(func(c *config) { c.failOpen = true })
-}
-
-// WithCircuitBreaker sets when the middleware stops calling a store that
-// keeps failing (default: after 5 consecutive failed acquisitions, probing
-// every second). While the circuit is open, keyed requests are answered at
-// once, 503 with Retry-After or, with [WithFailOpen], by running the handler
-// without idempotency, instead of each waiting for the store timeout. After
-// probeEvery one request probes the store, and the circuit closes when it
-// succeeds. Each change is an event and a log line. failures 0 turns the
-// breaker off. A [MemoryStore] never needs one.
-//
-//	idempotency.WithCircuitBreaker(10, 2*time.Second)
-func WithCircuitBreaker(failures int, probeEvery time.Duration) Option {
-	if failures < 0 {
-		panic(fmt.Sprintf("idempotency: circuit breaker failures must not be negative, got %d", failures))
-	}
-	if failures > 0 {
-		mustPositive("circuit breaker probe interval", probeEvery)
-	}
-	return optionFunc(func(c *config) { c.breakerFailures, c.breakerProbe = failures, probeEvery })
 }
 
 // WithProblemWriter replaces how the middleware writes its own error

@@ -41,11 +41,12 @@ func WithRedisMaxRecordSize(n int) RedisStoreOption {
 // A completed record never changes until it expires, so a replay, a
 // mismatch or a 409 for a record this process has seen is answered from the
 // cache, without a round trip; each cached record expires no later than its
-// Redis copy. A new key and an in-flight check always go to Redis, so
-// correctness across processes is unchanged. The cache is a [MemoryStore]:
-// least recently used records go first. [RedisStore.Delete] drops a record
-// from this process's cache only: turn the cache off where an operator
-// deletes keys and every replica must forget them at once.
+// Redis copy, and at most a minute after it was read
+// ([WithRedisLocalCacheMaxAge]). A new key and an in-flight check always go
+// to Redis. The cache is a [MemoryStore]: least recently used records go
+// first. [RedisStore.Delete] drops a record from this process's cache only:
+// turn the cache off where an operator deletes keys and every replica must
+// forget them at once.
 func WithRedisLocalCache(maxEntries int, maxBytes int64) RedisStoreOption {
 	return func(s *RedisStore) { s.cacheEntries, s.cacheBytes = maxEntries, maxBytes }
 }

@@ -76,12 +76,6 @@ func NewRedisStore(client redis.UniversalClient, opts ...RedisStoreOption) *Redi
 	return s
 }
 
-// redisKey is the Redis key of a record: the record's key is the hash tag,
-// so each record maps to one Cluster slot of its own.
-func (s *RedisStore) redisKey(key string) string {
-	return s.prefix + "{" + key + "}"
-}
-
 // acquireScript takes a free key or reads the record that holds it. It
 // reads before it writes, so that under a full Redis with noeviction a held
 // key is still answered (only a new key is refused).
@@ -307,45 +301,6 @@ func (s *RedisStore) Extend(ctx context.Context, key, token string, lease time.D
 		return ErrNotOwner
 	}
 	return nil
-}
-
-// Delete implements [Store]: one round trip, a DEL of the record's key,
-// whatever it holds. It also drops the record from this instance's local
-// cache; other instances that cached it may replay it until it expires in
-// their caches (see [WithRedisLocalCache]).
-func (s *RedisStore) Delete(ctx context.Context, key string) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	err := s.client.Del(ctx, s.redisKey(key)).Err()
-	if s.cache != nil {
-		// After the DEL: dropped before it, the record could be cached
-		// again from Redis in between. Dropped even when the DEL failed.
-		s.cache.forget(key)
-	}
-	if err != nil {
-		return fmt.Errorf("idempotency: redis delete: %w", err)
-	}
-	return nil
-}
-
-// millis converts d to whole milliseconds for PX and PEXPIRE, rounding up
-// and at least 1: Redis refuses an expiry of 0.
-func millis(d time.Duration) int64 {
-	ms := d.Milliseconds()
-	if d%time.Millisecond > 0 {
-		ms++
-	}
-	return max(ms, 1)
-}
-
-// replyInt reads the integer at index i of a script's array reply.
-func replyInt(reply []any, i int) (int64, bool) {
-	if i >= len(reply) {
-		return 0, false
-	}
-	n, ok := reply[i].(int64)
-	return n, ok
 }
 
 var _ Store = (*RedisStore)(nil)

@@ -54,3 +54,29 @@ func ScopeFromContext(name string) func(*gin.Context) string {
 		}
 	}
 }
+
+// WithScope sets who owns a key: a function of the request that returns the
+// caller's identity, such as a user id, tenant or API key (default
+// [AuthorizationScope], a fallback). The middleware only keeps its SHA-256,
+// and the same key from another scope is another record, so one caller
+// never receives another's stored response. An empty scope means the
+// caller is unknown: a keyed request gets 400 unless [AllowAnonymousKeys]
+// is set. [ScopeFromContext] reads the id the authentication middleware set.
+//
+//	idempotency.WithScope(idempotency.ScopeFromContext("user_id"))
+func WithScope(scope func(*gin.Context) string) Option {
+	if scope == nil {
+		panic("idempotency: WithScope(nil)")
+	}
+	return optionFunc(func(c *config) { c.scope = scope })
+}
+
+// AllowAnonymousKeys lets callers with an empty scope use keys, on public
+// endpoints where no caller is known. Every anonymous caller then shares
+// one scope, so the key is the only secret: anyone who sends another's key
+// and payload receives that caller's stored response. Without this option a
+// keyed request with an empty scope gets a 400 problem, because the
+// service cannot tell its callers apart.
+func AllowAnonymousKeys() Option {
+	return optionFunc(func(c *config) { c.anonymous = true })
+}

@@ -24,7 +24,7 @@ func (m *middleware) begin(c *gin.Context, f *flight, mark *requestMark, token s
 	if err != nil {
 		m.release(c, f, token, 0)
 		mark.leased = false
-		m.storeFailed(c, f, mark, err)
+		m.storeFailed(c, f, err)
 		return nil, false
 	}
 	mark.tx = tx
