@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	idem "github.com/ginidem/idempotency"
+	"github.com/ginidem/idempotency/internal/idemtest"
 )
 
 // storeHarness builds a fresh, empty store for one test, with a way to move
@@ -26,17 +27,10 @@ type storeHarness struct {
 	tx bool
 }
 
-// fakeClock is a manually advanced clock for the memory store.
-type fakeClock struct{ ns atomic.Int64 }
+// fakeClock is a manually advanced clock.
+type fakeClock = idemtest.FakeClock
 
-func newFakeClock() *fakeClock {
-	c := &fakeClock{}
-	c.ns.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
-	return c
-}
-
-func (c *fakeClock) Now() time.Time          { return time.Unix(0, c.ns.Load()) }
-func (c *fakeClock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
+func newFakeClock() *fakeClock { return idemtest.NewFakeClock() }
 func memoryHarness(opts ...idem.MemoryStoreOption) storeHarness {
 	return storeHarness{name: "memory", new: func(t *testing.T) (idem.Store, func(time.Duration)) {
 		clock := newFakeClock()

@@ -14,21 +14,15 @@ import (
 	"github.com/stretchr/testify/require"
 
 	idem "github.com/ginidem/idempotency"
+	"github.com/ginidem/idempotency/internal/idemtest"
 	"github.com/ginidem/idempotency/internal/pgtest"
 	"github.com/ginidem/idempotency/pgstore"
 )
 
 // fakeClock is a manually advanced clock.
-type fakeClock struct{ ns atomic.Int64 }
+type fakeClock = idemtest.FakeClock
 
-func newFakeClock() *fakeClock {
-	c := &fakeClock{}
-	c.ns.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
-	return c
-}
-
-func (c *fakeClock) Now() time.Time          { return time.Unix(0, c.ns.Load()) }
-func (c *fakeClock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
+func newFakeClock() *fakeClock { return idemtest.NewFakeClock() }
 
 // shiftedClock is the real clock moved forward by Advance: for a store that
 // shares a table with a process on the real clock (the crash tests).

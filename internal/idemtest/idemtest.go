@@ -1,6 +1,6 @@
-// Package idemtest holds what the adapters' tests share: a store that
+// Package idemtest holds what the tests of several packages share: a store that
 // fails on demand, and a Gin engine with the real middleware to drive over
-// httptest. Only tests import it.
+// httptest, and a fake clock. Only tests import it.
 package idemtest
 
 import (
@@ -106,3 +106,21 @@ func Post(h http.Handler, path, key, body string) *httptest.ResponseRecorder {
 	h.ServeHTTP(w, req)
 	return w
 }
+
+// FakeClock is a manually advanced clock for stores that take one, such as
+// idempotency.WithClock: it starts on 2026-01-01 and moves only with
+// Advance.
+type FakeClock struct{ ns atomic.Int64 }
+
+// NewFakeClock returns a FakeClock at 2026-01-01 00:00 UTC.
+func NewFakeClock() *FakeClock {
+	c := &FakeClock{}
+	c.ns.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
+	return c
+}
+
+// Now returns the clock's time.
+func (c *FakeClock) Now() time.Time { return time.Unix(0, c.ns.Load()) }
+
+// Advance moves the clock forward by d.
+func (c *FakeClock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
