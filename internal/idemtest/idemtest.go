@@ -1,5 +1,5 @@
 // Package idemtest holds what the tests of several packages share: a store that
-// fails on demand, and a Gin engine with the real middleware to drive over
+// fails on demand, a Gin engine with the real middleware to drive over
 // httptest, and a fake clock. Only tests import it.
 package idemtest
 
