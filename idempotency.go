@@ -52,7 +52,6 @@ package idempotency
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -67,7 +66,10 @@ import (
 // New returns the idempotency middleware, configured by opts over safe
 // defaults. Each call has its own configuration and, unless [WithStore] is
 // given, its own [MemoryStore]. It panics, with an "idempotency:" prefix,
-// on an invalid option.
+// on an invalid option. Mount the middleware a call returns on one engine:
+// it remembers how many of this package's middlewares each of that
+// engine's routes holds, by method and route pattern; call New again for
+// another engine.
 func New(opts ...Option) gin.HandlerFunc {
 	cfg := defaultConfig()
 	for _, opt := range opts {
@@ -82,6 +84,7 @@ func New(opts ...Option) gin.HandlerFunc {
 	m := &middleware{config: *cfg, hashers: sync.Pool{New: newHasher}, replayedValue: []string{"true"}[:1:1]}
 	_, m.inProcess = m.store.(*MemoryStore)
 	m.txStore, _ = m.store.(TxStore)
+	m.cache, _ = m.store.(CachingStore)
 	m.leases = newRenewer(m)
 	m.chains = newChains(m.handle)
 	m.breaker = newBreaker(m)
@@ -104,8 +107,9 @@ type middleware struct {
 	leases  *renewer
 	chains  *chains
 	bodies  bodyBuffers
-	breaker *breaker // nil when off
-	txStore TxStore  // the store, when it commits with the handler's writes
+	breaker *breaker     // nil when off
+	txStore TxStore      // the store, when it commits with the handler's writes
+	cache   CachingStore // the store, when it has a local cache to ask first
 	// inProcess is set for a store that answers from memory without I/O; its
 	// calls need no deadline timer.
 	inProcess bool
@@ -245,7 +249,7 @@ func (m *middleware) run(c *gin.Context, f *flight, mark *requestMark, token str
 		if t, ok = m.begin(c, f, mark, token); !ok {
 			return
 		}
-		defer t.tx.Rollback(context.WithoutCancel(c.Request.Context())) // nothing after a commit
+		defer m.rollback(c.Request.Context(), t.tx) // does nothing after a commit
 		f.rec.start(t.hold, m.replayHeaders, m.maxResponse)
 	} else {
 		f.rec.start(out, m.replayHeaders, m.maxResponse)
@@ -258,7 +262,7 @@ func (m *middleware) run(c *gin.Context, f *flight, mark *requestMark, token str
 			m.leases.stop(&f.lease)
 			c.Writer = out
 			if t != nil { // roll back first: the handler's locks would hold up the release
-				t.tx.Rollback(context.WithoutCancel(c.Request.Context()))
+				m.rollback(c.Request.Context(), t.tx)
 				t.hold.discard()
 			}
 			m.release(c, f, token, http.StatusInternalServerError)

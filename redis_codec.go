@@ -15,7 +15,9 @@ import (
 // record's key is not a record this package can read: corrupt, truncated,
 // larger than the store's maximum record size, written by something else, or
 // not a Redis string at all. The middleware answers such a request like any
-// store failure; the value is left alone.
+// store failure, but its circuit breaker does not count it: it is one key's
+// problem, not an outage. The value is left alone. Other stores' corrupt
+// record errors wrap it.
 var ErrCorruptRecord = errors.New("idempotency: corrupt record in the Redis store")
 
 // The Redis store keeps each record as one Redis string in a compact binary

@@ -81,7 +81,8 @@ func (s *RedisStore) runScript(ctx context.Context, script *redis.Script, key st
 		return script.Run(ctx, s.client, keys, args...), nil
 	}
 	var target scriptPipeliner = s.client
-	if cluster, ok := s.client.(*redis.ClusterClient); ok {
+	cluster, isCluster := s.client.(*redis.ClusterClient)
+	if isCluster {
 		master, err := cluster.MasterForKey(ctx, keys[0])
 		if err != nil {
 			cmd := redis.NewCmd(ctx)
@@ -106,6 +107,14 @@ func (s *RedisStore) runScript(ctx context.Context, script *redis.Script, key st
 		return cmd, wait
 	}
 	cmd, wait := run(false)
+	if isCluster && (redis.HasErrorPrefix(cmd.Err(), "MOVED") || redis.HasErrorPrefix(cmd.Err(), "ASK")) {
+		// The slot moved (a failover, a resharding) and the node client
+		// does not follow redirects: the script did not run. The error
+		// goes back (a 503 for an acquisition, a retried completion), and
+		// the cluster reloads its slots for the next call.
+		cluster.ReloadState(ctx)
+		return cmd, nil
+	}
 	if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
 		cmd, wait = run(true) // a flushed script cache or a new master: one more round trip
 	}

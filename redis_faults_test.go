@@ -3,6 +3,7 @@ package idempotency_test
 import (
 	"context"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -188,4 +189,57 @@ func TestSpec30_FullRedisWithNoeviction(t *testing.T) {
 	assert.Equal(t, 201, postOrder(hc, svc.srv, key2).status, "the refused key runs once Redis has room")
 	assert.True(t, postOrder(hc, svc.srv, key2).replayed())
 	assert.Equal(t, int32(2), runs.Load())
+}
+
+// TestSpec23_RedisCompletionRetryIsIdempotent: a completion retried after
+// its reply was lost (or to wait for replicas again) finds its own record
+// and succeeds, whatever headers the record has; another record under the
+// same token is still refused.
+func TestSpec23_RedisCompletionRetryIsIdempotent(t *testing.T) {
+	forEachRedis(t, func(t *testing.T, client redis.UniversalClient, prefix string, _ func(time.Duration)) {
+		ctx := storeCtx(t)
+		s := idem.NewRedisStore(client, idem.WithRedisKeyPrefix(prefix), idem.WithRedisLocalCache(0, 0))
+		token, _, err := s.Acquire(ctx, "k", testClaim, time.Minute)
+		require.NoError(t, err)
+		rec := completed(201, `{"id":1}`)
+		rec.Header = http.Header{
+			"Content-Type": {"application/json"}, "Location": {"/orders/1"},
+			"Link": {"<a>", "<b>"}, "Vary": {"Accept-Encoding"}, "Etag": {`"x"`},
+		}
+		require.NoError(t, s.Complete(ctx, "k", token, rec, time.Hour))
+		for range 20 {
+			require.NoError(t, s.Complete(ctx, "k", token, rec, time.Hour), "the same record again")
+		}
+		other := completed(200, `{"id":2}`)
+		assert.ErrorIs(t, s.Complete(ctx, "k", token, other, time.Hour), idem.ErrNotOwner, "another record")
+	})
+}
+
+// TestSpec32_CachedReplaysDuringAnOutage: while Redis is stalled and the
+// circuit is open, a replay this instance has cached is still answered, and
+// it does not close the circuit in Redis' stead: only a call that reaches
+// Redis counts.
+func TestSpec32_CachedReplaysDuringAnOutage(t *testing.T) {
+	srv := startRedisServer(t)
+	client := newRedisClient(t, srv.addr)
+	var runs, arrived atomic.Int32
+	ev := newEvents()
+	svc := newOrderService(t, idem.NewRedisStore(client), &runs, &arrived, nil,
+		idem.WithStoreTimeout(100*time.Millisecond), idem.WithCircuitBreaker(2, 20*time.Millisecond), idem.WithEventHook(ev.hook))
+	hc := newHTTPClient(t)
+	first := postOrder(hc, svc.srv, redisHTTPKey)
+	require.Equal(t, 201, first.status)
+
+	pid := redisPID(t, client)
+	require.NoError(t, syscall.Kill(pid, syscall.SIGSTOP))
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGCONT) })
+	for range 2 {
+		assert.Equal(t, 503, postOrder(hc, svc.srv, key2).status)
+	}
+	ev.waitFor(t, idem.EventBreakerOpen)
+	assert.Never(t, func() bool {
+		replay := postOrder(hc, svc.srv, redisHTTPKey)
+		return !replay.replayed() || slices.Contains(ev.kinds(), idem.EventBreakerClosed)
+	}, 500*time.Millisecond, 10*time.Millisecond, "cached replays are served and never close the circuit")
+	assert.Equal(t, int32(1), runs.Load())
 }

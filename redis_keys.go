@@ -12,6 +12,15 @@ func (s *RedisStore) redisKey(key string) string {
 	return s.prefix + "{" + key + "}"
 }
 
+// Cached implements [CachingStore]: the completed record for key in this
+// instance's local cache, or nil.
+func (s *RedisStore) Cached(key string) *Record {
+	if s.cache == nil {
+		return nil
+	}
+	return s.cache.peek(key)
+}
+
 // Delete implements [Store]: one round trip, a DEL of the record's key,
 // whatever it holds. It also drops the record from this instance's local
 // cache; other instances that cached it may replay it until it leaves

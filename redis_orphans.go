@@ -157,3 +157,15 @@ func (s *RedisStore) requeueOrphan(key string, x orphan) {
 		o.any.Store(true)
 	}
 }
+
+// giveBack releases an acquisition the caller will not use (one that did
+// not reach enough replicas), with a deadline of its own: the caller's may
+// be spent by the WAIT. When Redis does not confirm it, it becomes an
+// orphan, released as soon as Redis answers.
+func (s *RedisStore) giveBack(ctx context.Context, key string, token redisToken, lease time.Duration) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	defer cancel()
+	if err := releaseScript.Run(rctx, s.client, []string{s.redisKey(key)}, ownerHead(token)).Err(); maybeApplied(err) {
+		s.addOrphan(key, token, time.Now().Add(2*lease))
+	}
+}

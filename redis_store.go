@@ -146,7 +146,7 @@ func (s *RedisStore) Acquire(ctx context.Context, key string, claim *Record, lea
 	switch {
 	case code == 0 && len(reply) == 1:
 		if replicated != nil { // a lease a failover could forget: give it back
-			_ = releaseScript.Run(ctx, s.client, []string{s.redisKey(key)}, ownerHead(token)).Err()
+			s.giveBack(ctx, key, token, lease)
 			return "", nil, fmt.Errorf("idempotency: redis acquire: %w", replicated)
 		}
 		return token.String(), nil, nil
@@ -303,4 +303,4 @@ func (s *RedisStore) Extend(ctx context.Context, key, token string, lease time.D
 	return nil
 }
 
-var _ Store = (*RedisStore)(nil)
+var _ CachingStore = (*RedisStore)(nil)

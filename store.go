@@ -90,3 +90,16 @@ type Store interface {
 	// Deleting a missing key is not an error.
 	Delete(ctx context.Context, key string) error
 }
+
+// A CachingStore answers some acquisitions from a local cache of completed
+// records, without a network call (the Redis and Postgres stores do). The
+// middleware asks the cache before its circuit breaker, so that the breaker
+// counts only calls that reach the store: a cached replay is answered even
+// while the store is down, and it never closes the breaker in the store's
+// stead.
+type CachingStore interface {
+	Store
+	// Cached returns the completed record for key from the local cache, or
+	// nil. It does no I/O and never blocks on the network.
+	Cached(key string) *Record
+}

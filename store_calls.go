@@ -29,6 +29,11 @@ func (m *middleware) acquire(c *gin.Context, f *flight) (string, *Record, error)
 	}
 	pause := 10 * time.Millisecond
 	for {
+		if m.cache != nil {
+			if held := m.cache.Cached(f.key); held != nil {
+				return "", held, nil // no network call: nothing for the breaker to count
+			}
+		}
 		done, ok := m.breaker.allow()
 		if !ok {
 			return "", nil, ErrCircuitOpen

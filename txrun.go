@@ -38,18 +38,18 @@ func (m *middleware) endTx(c *gin.Context, f *flight, t *txRun, token string, st
 	ctx := context.WithoutCancel(c.Request.Context())
 	switch {
 	case f.rec.broken: // a recovery inside answered a panic: 500, not the half-written answer
-		t.tx.Rollback(ctx)
+		m.rollback(ctx, t.tx)
 		t.hold.discard()
 		m.endWithout(c, f, token, http.StatusInternalServerError)
 		c.AbortWithStatus(http.StatusInternalServerError)
 		return
 	case f.rec.wroteNothing() || !m.keep(status):
-		t.tx.Rollback(ctx)
+		m.rollback(ctx, t.tx)
 		t.hold.send()
 		m.endWithout(c, f, token, status)
 		return
 	case m.leases.lost(&f.lease):
-		t.tx.Rollback(ctx)
+		m.rollback(ctx, t.tx)
 		m.leases.stop(&f.lease)
 		m.emit(ctx, f, EventLostLease, status, ErrNotOwner)
 		m.notCommitted(c, t)
@@ -81,5 +81,13 @@ func (m *middleware) notCommitted(c *gin.Context, t *txRun) {
 	t.hold.discard()
 	c.Header("Retry-After", "1")
 	m.refuse(c, http.StatusServiceUnavailable, ProblemStoreUnavailable, "Request not committed",
-		"the request's transaction could not be committed, so nothing it did was kept; retry")
+		"the request's transaction did not commit, so the request is not known to have been done; retry with the same key")
+}
+
+// rollback discards a transaction within the store timeout: a database that
+// stopped answering never holds the request.
+func (m *middleware) rollback(ctx context.Context, tx Tx) {
+	sctx, cancel := m.storeCtx(ctx)
+	defer cancel()
+	tx.Rollback(sctx)
 }

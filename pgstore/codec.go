@@ -1,10 +1,10 @@
 package pgstore
 
 import (
-	"errors"
 	"fmt"
 	"net/http"
 
+	"github.com/ginidem/idempotency"
 	"github.com/ginidem/idempotency/internal/wire"
 )
 
@@ -14,9 +14,10 @@ import (
 // the store's maximum (see [WithMaxBodySize]), or more than 2 MiB of
 // fingerprint, method, path and headers. Oversized values are refused
 // without reading them out of Postgres. The middleware answers such a request
-// like any store failure; the row is left alone until it expires or is
-// deleted.
-var ErrCorruptRecord = errors.New("pgstore: corrupt record")
+// like any store failure, but it is no outage: it wraps
+// [idempotency.ErrCorruptRecord], which the middleware's circuit breaker
+// does not count. The row is left alone until it expires or is deleted.
+var ErrCorruptRecord = fmt.Errorf("pgstore: corrupt record: %w", idempotency.ErrCorruptRecord)
 
 // headerVersion is the first byte of an encoded header column.
 const headerVersion = 1

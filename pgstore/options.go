@@ -96,7 +96,11 @@ func WithMaxBodySize(n int) Option {
 // repeatable read or serializable, a commit that fails on a serialization
 // conflict rolls back the handler's writes and the record together, and the
 // middleware answers with a problem; the client may retry with the same
-// key.
+// key. Such a conflict is certain for a handler that runs longer than a
+// third of the lease (20 s by default) after its first statement: the
+// lease renewal updates the record's row from another connection, and the
+// commit's update of that row then fails. Keep such handlers shorter, or
+// lengthen the lease (idempotency.WithLease), or stay at read committed.
 //
 //	store := pgstore.New(pool, pgstore.WithTxOptions(pgx.TxOptions{IsoLevel: pgx.Serializable}))
 func WithTxOptions(opts pgx.TxOptions) Option {

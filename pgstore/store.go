@@ -99,6 +99,15 @@ const maxMetaSize = 2 << 20
 // only when the row changed hands while the first ran (see Acquire).
 const acquireAttempts = 5
 
+// Cached implements [idempotency.CachingStore]: the completed record for
+// key in the local cache, or nil.
+func (s *Store) Cached(key string) *idempotency.Record {
+	if s.cache == nil {
+		return nil
+	}
+	return s.cache.get(key, s.now())
+}
+
 // Acquire implements [idempotency.Store]: one round trip, or none for a
 // completed record in the local cache. A row under the key that is not a
 // readable record is an error wrapping [ErrCorruptRecord]; Acquire leaves it
@@ -353,6 +362,7 @@ func nonNil(b []byte) []byte {
 }
 
 var (
-	_ idempotency.Store   = (*Store)(nil)
-	_ idempotency.TxStore = (*Store)(nil)
+	_ idempotency.Store        = (*Store)(nil)
+	_ idempotency.TxStore      = (*Store)(nil)
+	_ idempotency.CachingStore = (*Store)(nil)
 )

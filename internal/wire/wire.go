@@ -10,6 +10,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/http"
+	"slices"
 
 	"golang.org/x/net/http/httpguts"
 )
@@ -77,9 +78,18 @@ func HeaderSize(h http.Header) int {
 
 // AppendHeader appends h: the number of names, then per name its length
 // and bytes, the number of values, and per value its length and bytes.
+// Names go in sorted order, so that the same header always encodes to the
+// same bytes: a store compares a retried write with what it holds.
 func AppendHeader(b []byte, h http.Header) []byte {
+	var buf [16]string
+	names := buf[:0]
+	for name := range h {
+		names = append(names, name)
+	}
+	slices.Sort(names)
 	b = binary.AppendUvarint(b, uint64(len(h)))
-	for name, values := range h {
+	for _, name := range names {
+		values := h[name]
 		b = AppendString(b, name)
 		b = binary.AppendUvarint(b, uint64(len(values)))
 		for _, v := range values {
