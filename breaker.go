@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sony/gobreaker/v2"
@@ -20,8 +22,16 @@ var ErrCircuitOpen = errors.New("idempotency: store circuit open after consecuti
 // sony/gobreaker two-step circuit breaker around Acquire: after the given
 // consecutive failures it opens and refuses at once; after the probe
 // interval it lets one request through, and closes when that one succeeds.
+//
+// gobreaker reports a change of state while it holds its lock, so the
+// breaker only notes it there; the event and the log line go out from the
+// request that caused the change, once the lock is released, so that a slow
+// event hook never holds up other requests' store calls.
 type breaker struct {
-	cb *gobreaker.TwoStepCircuitBreaker[struct{}]
+	cb      *gobreaker.TwoStepCircuitBreaker[struct{}]
+	changed atomic.Bool // pending holds changes to report
+	mu      sync.Mutex
+	pending []gobreaker.State
 }
 
 // newBreaker returns the breaker of m, or nil when it is off or the store
@@ -31,7 +41,8 @@ func newBreaker(m *middleware) *breaker {
 		return nil
 	}
 	failures := uint32(m.breakerFailures)
-	return &breaker{cb: gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
+	b := &breaker{}
+	b.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:    "idempotency store",
 		Timeout: m.breakerProbe,
 		ReadyToTrip: func(counts gobreaker.Counts) bool {
@@ -41,8 +52,29 @@ func newBreaker(m *middleware) *breaker {
 		IsExcluded: func(err error) bool {
 			return errors.Is(err, ErrNotOwner) || errors.Is(err, ErrCorruptRecord)
 		},
-		OnStateChange: func(_ string, from, to gobreaker.State) { m.breakerChanged(to) },
-	})}
+		OnStateChange: func(_ string, _, to gobreaker.State) {
+			b.mu.Lock()
+			b.pending = append(b.pending, to)
+			b.mu.Unlock()
+			b.changed.Store(true)
+		},
+	})
+	return b
+}
+
+// report sends out the changes of state noted since the last report.
+func (b *breaker) report(m *middleware) {
+	if b == nil || !b.changed.Load() {
+		return
+	}
+	b.mu.Lock()
+	changes := b.pending
+	b.pending = nil
+	b.changed.Store(false)
+	b.mu.Unlock()
+	for _, to := range changes {
+		m.breakerChanged(to)
+	}
 }
 
 // allow reports whether a store call may go ahead; done records its

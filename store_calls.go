@@ -35,6 +35,7 @@ func (m *middleware) acquire(c *gin.Context, f *flight) (string, *Record, error)
 			}
 		}
 		done, ok := m.breaker.allow()
+		m.breaker.report(m)
 		if !ok {
 			return "", nil, ErrCircuitOpen
 		}
@@ -44,6 +45,7 @@ func (m *middleware) acquire(c *gin.Context, f *flight) (string, *Record, error)
 		f.call = storeCall{StoreAcquire, time.Since(start)}
 		cancel()
 		done(err)
+		m.breaker.report(m)
 		if err == nil && held != nil && !validRecord(held) {
 			err = errors.New("idempotency: store returned an invalid record")
 		}
