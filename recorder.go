@@ -96,10 +96,13 @@ func (r *recorder) WriteString(s string) (int, error) {
 	return r.ResponseWriter.WriteString(s)
 }
 
-// Flush marks the response as streamed (kept without a body) and flushes.
+// Flush marks the response as streamed (kept without a body) and flushes,
+// unless the response is held for its transaction's commit.
 func (r *recorder) Flush() {
 	r.snapshot()
-	r.omit()
+	if _, held := r.ResponseWriter.(*holdWriter); !held {
+		r.omit() // a held response is sent whole after the commit: nothing streamed
+	}
 	r.ResponseWriter.Flush()
 }
 

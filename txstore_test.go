@@ -185,3 +185,25 @@ func TestSpec31_Transactions(t *testing.T) {
 		assert.Equal(t, int32(1), s.calls.Load())
 	})
 }
+
+// TestSpec31_AFlushedTransactionalResponseIsReplayed: on a TxStore the
+// response is held until the commit, so a handler that flushes streams
+// nothing, and its response is kept whole and replayed.
+func TestSpec31_AFlushedTransactionalResponseIsReplayed(t *testing.T) {
+	store := &memoryTxStore{MemoryStore: idem.NewMemoryStore()}
+	s := mount(t, func(r *gin.Engine, s *served) {
+		r.POST("/events", idem.New(idem.WithStore(store)), func(c *gin.Context) {
+			s.calls.Add(1)
+			c.Header("Content-Type", "text/plain")
+			c.Writer.WriteString("one ")
+			c.Writer.Flush()
+			c.Writer.WriteString("two")
+		})
+	})
+	first := s.send(s.client, "/events", key1, "x", "Authorization: Bearer u")
+	assert.Equal(t, "one two", first.body)
+	replay := s.send(s.client, "/events", key1, "x", "Authorization: Bearer u")
+	assert.True(t, replay.replayed())
+	assert.Equal(t, "one two", replay.body)
+	assert.Equal(t, int32(1), s.calls.Load())
+}
