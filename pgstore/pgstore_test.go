@@ -415,3 +415,27 @@ func TestNewPanicsOnInvalidConfiguration(t *testing.T) {
 	}
 	assert.NotPanics(t, func() { pgstore.New(db.Pool, pgstore.WithTable(strings.Repeat("a", 48))) })
 }
+
+// TestSpec23_CompletionRetryIsIdempotent: a completion retried after its
+// reply was lost finds its own record and succeeds; another record under
+// the same token is still refused.
+func TestSpec23_CompletionRetryIsIdempotent(t *testing.T) {
+	db := pgtest.NewDB(t)
+	s := pgstore.New(db.Pool, pgstore.WithLocalCache(0, 0))
+	require.NoError(t, s.Migrate(context.Background()))
+	ctx := context.Background()
+	claim := &idem.Record{Fingerprint: []byte("fp"), Method: "POST", Path: "/orders"}
+	token, _, err := s.Acquire(ctx, "k", claim, time.Minute)
+	require.NoError(t, err)
+	rec := &idem.Record{State: idem.Completed, Fingerprint: claim.Fingerprint, Method: "POST", Path: "/orders",
+		Status: 201, Body: []byte(`{"id":1}`), Header: http.Header{
+			"Content-Type": {"application/json"}, "Location": {"/orders/1"}, "Link": {"<a>", "<b>"}, "Vary": {"Accept"},
+		}}
+	require.NoError(t, s.Complete(ctx, "k", token, rec, time.Hour))
+	for range 10 {
+		require.NoError(t, s.Complete(ctx, "k", token, rec, time.Hour), "the same record again")
+	}
+	other := *rec
+	other.Status, other.Body = 200, []byte(`{"id":2}`)
+	assert.ErrorIs(t, s.Complete(ctx, "k", token, &other, time.Hour), idem.ErrNotOwner)
+}

@@ -173,11 +173,15 @@ SELECT false, held.*, clock.t FROM held CROSS JOIN clock`
 // completeSQL replaces the live in-flight row owned by a token with the
 // completed record. $1 key, $2 token, $3 fingerprint, $4 method, $5 path,
 // $6 status, $7 header, $8 body, $9 body omitted, $10 ttl, $11 shift of the
-// database's clock. One row affected when stored, none when the token does
-// not own a live in-flight row.
+// database's clock. One row affected when stored, or when this very record
+// is already stored by this token (a retry after a lost reply), none when
+// the token owns neither.
 const completeSQL = `UPDATE {t} SET state = 2, fingerprint = $3, method = $4, path = $5, status = $6,
     header = $7, body = $8, body_omitted = $9, expires_at = statement_timestamp() + $11::interval + $10::interval
-WHERE key = $1 AND token = $2 AND state = 1 AND expires_at > statement_timestamp() + $11::interval`
+WHERE key = $1 AND token = $2 AND (
+    (state = 1 AND expires_at > statement_timestamp() + $11::interval) OR
+    (state = 2 AND status = $6 AND header IS NOT DISTINCT FROM $7 AND body IS NOT DISTINCT FROM $8
+        AND body_omitted = $9))`
 
 // releaseSQL deletes the live in-flight row owned by a token. $1 key,
 // $2 token, $3 shift of the database's clock.
