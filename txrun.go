@@ -75,8 +75,10 @@ func (m *middleware) endTx(c *gin.Context, f *flight, t *txRun, token string, st
 	}
 }
 
-// notCommitted answers a request whose transaction rolled back: nothing it
-// did was kept, and a retry runs it again.
+// notCommitted answers a request whose transaction did not commit, or
+// whose commit's outcome is unknown (a connection lost during COMMIT): the
+// client is not told of a success, and its retry either runs again or gets
+// the replay of what did commit.
 func (m *middleware) notCommitted(c *gin.Context, t *txRun) {
 	t.hold.discard()
 	c.Header("Retry-After", "1")
