@@ -25,6 +25,14 @@ type requestMark struct {
 	tx      Tx     // the request's transaction on a TxStore, or nil
 }
 
+// markOf returns the request's mark, or nil. It reads c.Keys directly, as
+// Gin's handlers do: a request's chain runs on one goroutine, and c.Get
+// would take a lock on every request.
+func markOf(c *gin.Context) *requestMark {
+	mark, _ := c.Keys[requestKey].(*requestMark)
+	return mark
+}
+
 // Key returns the canonical idempotency key the request runs under: a UUID
 // in lower case, any other key as sent. leased is true when the handler
 // runs under the key's lease, so that no duplicate runs at the same time;
@@ -37,8 +45,7 @@ type requestMark struct {
 //
 //	key, _, ok := idempotency.Key(c)
 func Key(c *gin.Context) (key string, leased, ok bool) {
-	v, _ := c.Get(requestKey)
-	mark, _ := v.(*requestMark)
+	mark := markOf(c)
 	if mark == nil || mark.key == "" {
 		return "", false, false
 	}
@@ -102,7 +109,7 @@ func (ch *chains) count(c *gin.Context) int {
 // nil when this middleware is alone on the chain and the request has no
 // mark yet: the fast path, which costs no allocation.
 func (m *middleware) turn(c *gin.Context) (mark *requestMark, mine bool) {
-	mark, _ = c.Keys[requestKey].(*requestMark) // c.Get would lock: a request's chain runs on one goroutine
+	mark = markOf(c)
 	if mark == nil {
 		total := m.chains.count(c)
 		if total <= 1 {

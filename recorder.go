@@ -125,18 +125,11 @@ func (r *recorder) snapshot() {
 	}
 	r.sent = true
 	r.status = r.ResponseWriter.Status()
-	n := 0
 	for name, values := range r.ResponseWriter.Header() {
 		if r.replayable[name] && !r.isPreset(name, values) {
-			n++
-		}
-	}
-	if n == 0 {
-		return
-	}
-	r.header = make(http.Header, n)
-	for name, values := range r.ResponseWriter.Header() {
-		if r.replayable[name] && !r.isPreset(name, values) {
+			if r.header == nil {
+				r.header = make(http.Header) // no hint: a few headers fit its first group
+			}
 			r.header[name] = values[:len(values):len(values)] // shared: Set and Add never change these elements
 		}
 	}

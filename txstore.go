@@ -48,7 +48,7 @@ type Tx interface {
 // the store failed and [WithFailOpen] let the request run without one).
 // Store packages offer a typed accessor over it, such as pgstore.Tx.
 func Transaction(c *gin.Context) (tx Tx, ok bool) {
-	mark, _ := c.Keys[requestKey].(*requestMark)
+	mark := markOf(c)
 	if mark == nil || mark.tx == nil {
 		return nil, false
 	}
