@@ -104,8 +104,11 @@ func TestSpec14_StreamIsNotBuffered(t *testing.T) {
 
 // TestSpec14_HijackedIsKeptWithoutBody: a hijacked connection is the
 // handler's; a duplicate gets 409 with the Location set before hijacking.
+// The client can read the hijacked answer before the middleware stores the
+// record, so the duplicate waits for the completion event.
 func TestSpec14_HijackedIsKeptWithoutBody(t *testing.T) {
 	var calls int
+	ev := newEvents()
 	srv := serve(t, func(c *gin.Context) {
 		calls++
 		c.Header("Location", "/ws/1")
@@ -114,9 +117,10 @@ func TestSpec14_HijackedIsKeptWithoutBody(t *testing.T) {
 		defer conn.Close()
 		buf.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
 		buf.Flush()
-	})
+	}, idem.WithEventHook(ev.hook))
 	first := postKey(t, srv, key1)
 	assert.Equal(t, "ok", readAll(t, first))
+	ev.waitFor(t, idem.EventCompleted)
 	dup := postKey(t, srv, key1)
 	assert.Equal(t, http.StatusConflict, dup.StatusCode)
 	assert.Equal(t, "/ws/1", dup.Header.Get("Location"))
