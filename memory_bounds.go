@@ -14,7 +14,7 @@ func (s *MemoryStore) live(key string, now time.Time) *memoryEntry {
 	if e == nil {
 		return nil
 	}
-	if !now.Before(e.rec.ExpiresAt) {
+	if !now.Before(e.expiresAt) {
 		s.remove(e)
 		return nil
 	}
@@ -24,7 +24,7 @@ func (s *MemoryStore) live(key string, now time.Time) *memoryEntry {
 // owned returns the live in-flight entry for key held by token.
 func (s *MemoryStore) owned(key, token string, now time.Time) *memoryEntry {
 	e := s.live(key, now)
-	if e == nil || e.rec.State != InFlight || e.rec.Token != token {
+	if e == nil || e.state != InFlight || !e.ownedBy(token) {
 		return nil
 	}
 	return e
@@ -32,7 +32,7 @@ func (s *MemoryStore) owned(key, token string, now time.Time) *memoryEntry {
 
 // put adds e to the map and to the ring of its state.
 func (s *MemoryStore) put(e *memoryEntry) {
-	if e.rec.State == Completed {
+	if e.state == Completed {
 		s.link(&s.completed, e)
 	} else {
 		s.link(&s.inFlight, e)
@@ -102,7 +102,7 @@ func (s *MemoryStore) makeRoom(entries int, size int64, now time.Time, spare *me
 func (s *MemoryStore) reclaimExpiredTail(now time.Time, spare *memoryEntry) {
 	for range 2 {
 		e := s.oldest()
-		if e == nil || e == spare || now.Before(e.rec.ExpiresAt) {
+		if e == nil || e == spare || now.Before(e.expiresAt) {
 			return
 		}
 		s.remove(e)
@@ -114,22 +114,9 @@ func (s *MemoryStore) reclaimExpiredTail(now time.Time, spare *memoryEntry) {
 func (s *MemoryStore) reclaimExpiredInFlight(now time.Time) {
 	for e := s.inFlight.next; e != &s.inFlight; {
 		next := e.next
-		if !now.Before(e.rec.ExpiresAt) {
+		if !now.Before(e.expiresAt) {
 			s.remove(e)
 		}
 		e = next
 	}
-}
-
-// recordSize approximates the memory a record takes, for the byte bound.
-func recordSize(key string, r *Record) int64 {
-	const overhead = 160 // entry, record and map slot
-	n := overhead + len(key) + len(r.Token) + len(r.Fingerprint) + len(r.Method) + len(r.Path) + len(r.Body)
-	for name, values := range r.Header {
-		n += len(name) + 16
-		for _, v := range values {
-			n += len(v) + 16
-		}
-	}
-	return int64(n)
 }

@@ -37,13 +37,6 @@ type MemoryStore struct {
 	now        func() time.Time
 }
 
-type memoryEntry struct {
-	key        string
-	rec        Record
-	size       int64
-	prev, next *memoryEntry // links in the ring of its state: in flight or completed
-}
-
 // MemoryStoreOption configures a [MemoryStore].
 type MemoryStoreOption func(*MemoryStore)
 
@@ -122,28 +115,20 @@ func (s *MemoryStore) Acquire(ctx context.Context, key string, claim *Record, le
 	defer s.mu.Unlock()
 	now := s.now()
 	if e := s.live(key, now); e != nil {
-		if e.rec.State == Completed {
+		if e.state == Completed {
 			s.touch(e)
-			return "", &e.rec, nil // never changed again: read-only for the caller
 		}
-		held := e.rec // an in-flight record changes on Extend and Complete
-		return "", &held, nil
+		return "", s.read(e), nil
 	}
 	s.seq++
-	e := &memoryEntry{key: key, rec: Record{
-		State:       InFlight,
-		Token:       strconv.FormatUint(s.seq, 36),
-		Fingerprint: claim.Fingerprint,
-		Method:      claim.Method,
-		Path:        claim.Path,
-		ExpiresAt:   now.Add(lease),
-	}}
-	e.size = recordSize(key, &e.rec)
+	token := strconv.FormatUint(s.seq, 36)
+	e := newMemoryEntry(key, InFlight, token,
+		&Record{Fingerprint: claim.Fingerprint, Method: claim.Method, Path: claim.Path}, now.Add(lease))
 	if !s.makeRoom(1, e.size, now, nil) {
 		return "", nil, ErrStoreFull
 	}
 	s.put(e)
-	return e.rec.Token, nil, nil
+	return token, nil, nil
 }
 
 // Complete implements [Store].
@@ -158,13 +143,9 @@ func (s *MemoryStore) Complete(ctx context.Context, key, token string, rec *Reco
 	if e == nil {
 		return ErrNotOwner
 	}
-	// The entry keeps its map slot; only its size and ring change.
+	// The entry keeps its map slot; only its record, size and ring change.
 	s.bytes -= e.size
-	e.rec = *rec
-	e.rec.Token = token
-	e.rec.State = Completed
-	e.rec.ExpiresAt = now.Add(ttl)
-	e.size = recordSize(key, &e.rec)
+	e.set(Completed, token, rec, now.Add(ttl))
 	s.bytes += e.size
 	s.touch(e) // from the in-flight ring to the front of the LRU ring
 	if !s.makeRoom(0, 0, now, e) {
@@ -203,7 +184,7 @@ func (s *MemoryStore) Extend(ctx context.Context, key, token string, lease time.
 	if e == nil {
 		return ErrNotOwner
 	}
-	e.rec.ExpiresAt = now.Add(lease)
+	e.expiresAt = now.Add(lease)
 	return nil
 }
 
@@ -225,11 +206,25 @@ func (s *MemoryStore) peek(key string) *Record {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e := s.live(key, s.now())
-	if e == nil || e.rec.State != Completed {
+	if e == nil || e.state != Completed {
 		return nil
 	}
 	s.touch(e)
-	return &e.rec // a completed record never changes: read-only for the caller
+	return s.read(e)
+}
+
+// read returns the record e holds. A completed record is decoded once and
+// the decoded form kept for later reads: it never changes again, and it is
+// read-only for the caller. An in-flight record is decoded afresh, as a copy
+// that Extend and Complete leave alone.
+func (s *MemoryStore) read(e *memoryEntry) *Record {
+	if e.state != Completed {
+		return e.decode()
+	}
+	if e.decoded == nil {
+		e.decoded = e.decode() // its size is counted already: see memoryEntry.set
+	}
+	return e.decoded
 }
 
 // keep stores a copy of the completed record rec for key until
@@ -245,8 +240,7 @@ func (s *MemoryStore) keep(key string, rec *Record) {
 	if rec.State != Completed || !now.Before(rec.ExpiresAt) {
 		return
 	}
-	e := &memoryEntry{key: key, rec: *rec}
-	e.size = recordSize(key, &e.rec)
+	e := newMemoryEntry(key, Completed, rec.Token, rec, rec.ExpiresAt)
 	if s.makeRoom(1, e.size, now, nil) {
 		s.put(e)
 	}

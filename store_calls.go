@@ -88,12 +88,11 @@ func validRecord(rec *Record) bool {
 // never runs again because one write was briefly refused (SPEC 23).
 func (m *middleware) complete(c *gin.Context, f *flight, token string, status int) {
 	out := f.rec.result(&f.claim)
-	ctx := context.WithoutCancel(c.Request.Context())
-	if m.tryComplete(ctx, f, token, out, status, true) {
+	if m.tryComplete(c.Request.Context(), f, token, out, status, true) { // storeCtx detaches the call
 		m.leases.stop(&f.lease)
 		return
 	}
-	go m.completeLater(ctx, f, token, out, status)
+	go m.completeLater(context.WithoutCancel(c.Request.Context()), f, token, out, status)
 }
 
 // tryComplete makes one attempt and reports whether its outcome is final.
