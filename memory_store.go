@@ -21,7 +21,10 @@ var ErrStoreFull = errors.New("idempotency: memory store is full of in-flight re
 // recently used end are reclaimed first, then the least recently used live
 // completed records are evicted; live in-flight records are never evicted.
 // Expired records are reclaimed lazily, on access and while making room, so
-// the store runs no goroutine and needs no Close.
+// the store runs no goroutine and needs no Close. Each record is kept
+// encoded in one byte slice: a record is three heap objects (its entry,
+// key and bytes), of which only the small entry holds pointers, so a full
+// store costs the garbage collector little.
 //
 // A MemoryStore shares keys only within one process; use a Redis store to
 // share them between replicas.
