@@ -76,15 +76,7 @@ func encodeMemoryRecord(token string, rec *Record) []byte {
 		wire.HeaderSize(rec.Header) + len(rec.Body)
 	b := make([]byte, 0, size)
 	b = wire.AppendString(b, token)
-	b = wire.AppendBytes(b, rec.Fingerprint)
-	b = wire.AppendString(b, rec.Method)
-	b = wire.AppendString(b, rec.Path)
-	b = binary.AppendUvarint(b, uint64(max(rec.Status, 0)))
-	var flags byte
-	if rec.BodyOmitted {
-		flags = flagBodyOmitted
-	}
-	b = append(b, flags)
+	b = appendRecordFields(b, rec)
 	b = binary.AppendUvarint(b, uint64(len(rec.Header)))
 	b = binary.AppendUvarint(b, uint64(values))
 	for name, vs := range rec.Header {

@@ -108,6 +108,18 @@ func encodeRecord(state State, token redisToken, rec *Record) []byte {
 	b := make([]byte, 0, size)
 	b = append(b, recordVersion, byte(state))
 	b = append(b, token[:]...)
+	b = appendRecordFields(b, rec)
+	b = wire.AppendHeader(b, rec.Header)
+	if rec.BodyOmitted {
+		return append(b, 0)
+	}
+	return wire.AppendBytes(b, rec.Body)
+}
+
+// appendRecordFields appends what both stores' encodings share, after
+// their heads: the fingerprint, method and path (each length-prefixed),
+// the status and the flags byte.
+func appendRecordFields(b []byte, rec *Record) []byte {
 	b = wire.AppendBytes(b, rec.Fingerprint)
 	b = wire.AppendString(b, rec.Method)
 	b = wire.AppendString(b, rec.Path)
@@ -116,12 +128,7 @@ func encodeRecord(state State, token redisToken, rec *Record) []byte {
 	if rec.BodyOmitted {
 		flags |= flagBodyOmitted
 	}
-	b = append(b, flags)
-	b = wire.AppendHeader(b, rec.Header)
-	if rec.BodyOmitted {
-		return append(b, 0)
-	}
-	return wire.AppendBytes(b, rec.Body)
+	return append(b, flags)
 }
 
 // decodeRecord reads a stored record of at most maxSize bytes. Every length
