@@ -28,8 +28,9 @@ const (
 	EventReleased
 	// EventStoreError: a store call failed or timed out.
 	EventStoreError
-	// EventLostLease: the handler's lease was taken by another request, so
-	// its response was not stored.
+	// EventLostLease: the handler's lease is no longer held (it expired,
+	// during a long outage for instance, or another request took the key),
+	// so its response was not stored.
 	EventLostLease
 	// EventUnknownCaller: a keyed request had an empty scope and got 400
 	// (see [AllowAnonymousKeys]).

@@ -52,9 +52,10 @@ type Record struct {
 
 // ErrNotOwner is returned by [Store.Complete], [Store.Release] and
 // [Store.Extend] when the caller's fencing token no longer owns the key:
-// its lease expired and the key was released, completed or taken by another
-// request.
-var ErrNotOwner = errors.New("idempotency: lease lost to another request")
+// its lease expired (a renewal refused or not confirmed for a whole lease,
+// during an outage for instance), or the key was released, completed,
+// deleted or taken by another request. It does not say which.
+var ErrNotOwner = errors.New("idempotency: the lease is no longer held: it expired or another request took the key")
 
 // Store keeps idempotency records. Each method is one atomic step: one
 // critical section in memory, one round trip (one Lua script) on Redis. The
