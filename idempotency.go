@@ -242,6 +242,15 @@ func (m *middleware) prepare(c *gin.Context, f *flight, key string) bool {
 // request's transaction, and its response is held until the commit.
 func (m *middleware) run(c *gin.Context, f *flight, mark *requestMark, token string) {
 	m.emit(c.Request.Context(), f, EventAcquired, 0, nil)
+	req := c.Request
+	ctx, detached := m.detach(req.Context())
+	c.Request = req.WithContext(ctx)
+	defer func() {
+		detached()
+		if c.Request.Context() == ctx {
+			c.Request = req
+		}
+	}()
 	out := c.Writer
 	var t *txRun
 	if m.txStore != nil {
@@ -249,23 +258,27 @@ func (m *middleware) run(c *gin.Context, f *flight, mark *requestMark, token str
 		if t, ok = m.begin(c, f, mark, token); !ok {
 			return
 		}
-		defer m.rollback(c.Request.Context(), t.tx) // does nothing after a commit
+		defer m.rollback(ctx, t.tx) // does nothing once the transaction ended
 		f.rec.start(t.hold, m.replayHeaders, m.maxResponse)
 	} else {
 		f.rec.start(out, m.replayHeaders, m.maxResponse)
 	}
 	c.Writer = &f.rec
-	m.leases.start(c.Request.Context(), &f.lease, f.key, token)
+	m.leases.start(ctx, &f.lease, f.key, token)
 	panicked := true
 	defer func() {
 		if panicked { // release now; the panic goes on to Gin's recovery
-			m.leases.stop(&f.lease)
 			c.Writer = out
-			if t != nil { // roll back first: the handler's locks would hold up the release
-				m.rollback(c.Request.Context(), t.tx)
+			switch {
+			case t != nil && t.hold.streaming: // committed when it outgrew the cap
+			case t != nil: // roll back with the release: the handler's locks would hold up a release of its own
 				t.hold.discard()
+				f.rec.broken = true // never kept, whatever WithKeep says of a 500
+				m.settleTx(c, f, t, token, http.StatusInternalServerError)
+			default:
+				m.leases.stop(&f.lease)
+				m.release(c, f, token, http.StatusInternalServerError)
 			}
-			m.release(c, f, token, http.StatusInternalServerError)
 		}
 	}()
 	c.Next()

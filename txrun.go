@@ -15,8 +15,8 @@ type txRun struct {
 	hold *holdWriter // the response, held until the commit
 }
 
-// begin opens the request's transaction. When it cannot, the key is
-// released and the request answered like any store failure.
+// begin gets the request's transaction. When the store cannot give one,
+// the key is released and the request answered like any store failure.
 func (m *middleware) begin(c *gin.Context, f *flight, mark *requestMark, token string) (*txRun, bool) {
 	ctx, cancel := m.storeCtx(c.Request.Context())
 	tx, err := m.txStore.Begin(ctx, f.key, token)
@@ -28,34 +28,63 @@ func (m *middleware) begin(c *gin.Context, f *flight, mark *requestMark, token s
 		return nil, false
 	}
 	mark.tx = tx
-	return &txRun{tx: tx, hold: newHoldWriter(c.Writer)}, true
+	t := &txRun{tx: tx}
+	t.hold = newHoldWriter(c.Writer, m.maxResponse, func() bool {
+		// The response outgrew the cap: it commits now and streams the
+		// rest, kept without a body (SPEC 15, 31).
+		return m.settleTx(c, f, t, token, f.rec.Status())
+	})
+	return t, true
 }
 
 // endTx ends a transactional run: a kept response commits with the record
 // and is then sent; any other is rolled back and the key released. The
 // client never hears of a success that did not commit.
 func (m *middleware) endTx(c *gin.Context, f *flight, t *txRun, token string, status int) {
+	switch {
+	case t.hold.streaming:
+		return // settled when it outgrew the cap; the rest went out as written
+	case t.hold.failed:
+		m.notCommitted(c, t)
+	case f.rec.broken: // a recovery inside answered a panic: 500, not the half-written answer
+		m.settleTx(c, f, t, token, http.StatusInternalServerError)
+		t.hold.discard()
+		c.AbortWithStatus(http.StatusInternalServerError)
+	case m.settleTx(c, f, t, token, status):
+		t.hold.send()
+	default:
+		m.notCommitted(c, t)
+	}
+}
+
+// settleTx ends the request's transaction for an answer with status: a kept
+// answer commits with its record, any other is rolled back and its key
+// released. It reports whether the answer may go out: false only when a
+// kept answer did not commit.
+func (m *middleware) settleTx(c *gin.Context, f *flight, t *txRun, token string, status int) bool {
 	ctx := context.WithoutCancel(c.Request.Context())
 	switch {
-	case f.rec.broken: // a recovery inside answered a panic: 500, not the half-written answer
-		m.rollback(ctx, t.tx)
-		t.hold.discard()
-		m.endWithout(c, f, token, http.StatusInternalServerError)
-		c.AbortWithStatus(http.StatusInternalServerError)
-		return
-	case f.rec.wroteNothing() || !m.keep(status):
-		m.rollback(ctx, t.tx)
-		t.hold.send()
-		m.endWithout(c, f, token, status)
-		return
+	case f.rec.broken || f.rec.wroteNothing() || !m.keep(status):
+		if m.leases.stop(&f.lease) {
+			m.rollback(ctx, t.tx)
+			m.emit(ctx, f, EventLostLease, status, ErrNotOwner)
+			return true
+		}
+		m.releaseTx(c, f, t, token, status)
+		return true
 	case m.leases.lost(&f.lease):
 		m.rollback(ctx, t.tx)
 		m.leases.stop(&f.lease)
 		m.emit(ctx, f, EventLostLease, status, ErrNotOwner)
-		m.notCommitted(c, t)
-		return
+		return false
+	case !begun(t.tx):
+		// The handler never used the transaction: the record is stored as on
+		// any store, its completion retried if the store is briefly away.
+		m.rollback(ctx, t.tx)
+		m.complete(c, f, token, status)
+		return true
 	}
-	m.leases.stop(&f.lease) // a renewal would wait on the row the commit locks
+	m.leases.stop(&f.lease) // the transaction's lock keeps the key until the commit
 	sctx, cancel := m.storeCtx(ctx)
 	start := time.Now()
 	err := t.tx.Commit(sctx, f.rec.result(&f.claim), m.ttl)
@@ -64,15 +93,41 @@ func (m *middleware) endTx(c *gin.Context, f *flight, t *txRun, token string, st
 	switch {
 	case err == nil:
 		m.emit(ctx, f, EventCompleted, status, nil)
-		t.hold.send()
+		return true
 	case errors.Is(err, ErrNotOwner):
 		m.emit(ctx, f, EventLostLease, status, err)
-		m.notCommitted(c, t)
 	default:
 		m.emit(ctx, f, EventStoreError, status, err)
 		m.release(c, f, token, status)
-		m.notCommitted(c, t)
 	}
+	return false
+}
+
+// releaseTx rolls the request's transaction back and releases its key, on
+// the transaction's own connection when it has one, so that the release
+// never waits for the pool; when that fails, the key is released as on any
+// store.
+func (m *middleware) releaseTx(c *gin.Context, f *flight, t *txRun, token string, status int) {
+	ctx, cancel := m.storeCtx(c.Request.Context())
+	start := time.Now()
+	err := t.tx.Release(ctx)
+	f.call = storeCall{StoreRelease, time.Since(start)}
+	cancel()
+	switch {
+	case err == nil:
+		m.emit(c.Request.Context(), f, EventReleased, status, nil)
+	case errors.Is(err, ErrNotOwner):
+		m.emit(c.Request.Context(), f, EventLostLease, status, err)
+	default:
+		m.release(c, f, token, status)
+	}
+}
+
+// begun reports whether the handler used tx: a store that opens its
+// transactions lazily says so with a Begun method.
+func begun(tx Tx) bool {
+	b, ok := tx.(interface{ Begun() bool })
+	return !ok || b.Begun()
 }
 
 // notCommitted answers a request whose transaction did not commit, or

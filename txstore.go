@@ -18,13 +18,16 @@ import (
 // transaction (see [Transaction]; the pgstore package has a typed
 // accessor). When the handler's response is kept, the middleware calls
 // Commit, which writes the completed record in the same transaction, fenced
-// by the token, and commits; otherwise it calls Rollback and releases the
-// key. The response is buffered, not streamed, and reaches the client only
-// after the commit: no client is told of a success that rolled back.
+// by the token, and commits; otherwise it calls Release, which rolls back
+// and releases the key. The response is held, not streamed, until the
+// commit, up to the response cap (see [WithMaxResponseBytes]): a response
+// that outgrows the cap commits before its first byte leaves and streams
+// the rest, and is kept without a body. No client is told of a success
+// that rolled back.
 type TxStore interface {
 	Store
-	// Begin opens the transaction of the request that holds key with
-	// token.
+	// Begin returns the transaction of the request that holds key with
+	// token. A store may open it lazily, when the handler first uses it.
 	Begin(ctx context.Context, key, token string) (Tx, error)
 }
 
@@ -38,8 +41,13 @@ type Tx interface {
 	// of a success; when the connection broke during the commit, the
 	// outcome may be either, and a retry finds out (a replay, or a new run).
 	Commit(ctx context.Context, rec *Record, ttl time.Duration) error
-	// Rollback discards everything written through the transaction. It is
-	// safe to call after Commit, and then does nothing.
+	// Release discards everything written through the transaction and
+	// releases the key, fenced by the token, so that a retry runs again.
+	// It returns [ErrNotOwner] when the token no longer owns the key.
+	Release(ctx context.Context) error
+	// Rollback discards everything written through the transaction,
+	// leaving the key as it is. It is safe to call after Commit, Release
+	// or Rollback, and then does nothing.
 	Rollback(ctx context.Context) error
 }
 

@@ -76,6 +76,11 @@ func (tx *memoryTx) Rollback(context.Context) error {
 	return nil
 }
 
+func (tx *memoryTx) Release(ctx context.Context) error {
+	tx.done = true
+	return tx.s.MemoryStore.Release(ctx, tx.key, tx.token)
+}
+
 func (s *memoryTxStore) committed() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -96,15 +96,28 @@ func WithMaxBodySize(n int) Option {
 // repeatable read or serializable, a commit that fails on a serialization
 // conflict rolls back the handler's writes and the record together, and the
 // middleware answers with a problem; the client may retry with the same
-// key. Such a conflict is certain for a handler that runs longer than a
-// third of the lease (20 s by default) after its first statement: the
-// lease renewal updates the record's row from another connection, and the
-// commit's update of that row then fails. Keep such handlers shorter, or
-// lengthen the lease (idempotency.WithLease), or stay at read committed.
+// key. A BeginQuery of opts replaces the BEGIN statement; the store still
+// takes the key's lock after it.
 //
 //	store := pgstore.New(pool, pgstore.WithTxOptions(pgx.TxOptions{IsoLevel: pgx.Serializable}))
 func WithTxOptions(opts pgx.TxOptions) Option {
 	return optionFunc(func(s *Store) { s.txOptions = opts })
+}
+
+// WithMaxTransactions bounds the request transactions open at once (default:
+// all but one of the pool's connections, at least one). A handler whose
+// transaction would pass the bound waits for its turn at its first
+// statement, with its own context, so that the store's own statements
+// (acquisitions, releases) and the handlers' reads through the pool always
+// find a connection. Set it lower when other work of the application needs
+// more of the pool. [New] panics on a value below 1.
+//
+//	store := pgstore.New(pool, pgstore.WithMaxTransactions(8))
+func WithMaxTransactions(n int) Option {
+	if n < 1 {
+		panic(fmt.Sprintf("pgstore: WithMaxTransactions needs at least 1, got %d", n))
+	}
+	return optionFunc(func(s *Store) { s.maxTx = n })
 }
 
 // validTable reports whether name is a plain identifier: see WithTable.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"strings"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // schemaSQL creates the records table and its expiry index; %[1]s is the
@@ -108,6 +110,25 @@ func (s *Store) Sweep(ctx context.Context, limit int) (deleted int, err error) {
 // is a name too.
 func quote(name string) string { return `"` + name + `"` }
 
+// beginSQL is the BEGIN statement of opts, as pgx writes it.
+func beginSQL(opts pgx.TxOptions) string {
+	if opts.BeginQuery != "" {
+		return opts.BeginQuery
+	}
+	var b strings.Builder
+	b.WriteString("BEGIN")
+	if opts.IsoLevel != "" {
+		b.WriteString(" ISOLATION LEVEL " + string(opts.IsoLevel))
+	}
+	if opts.AccessMode != "" {
+		b.WriteString(" " + string(opts.AccessMode))
+	}
+	if opts.DeferrableMode != "" {
+		b.WriteString(" " + string(opts.DeferrableMode))
+	}
+	return b.String()
+}
+
 // statements are the store's SQL, built once by New for its table.
 type statements struct {
 	acquire, complete, release, extend, delete, sweep string
@@ -130,11 +151,15 @@ func newStatements(table string) statements {
 // $1 key, $2 new token, $3 fingerprint, $4 method, $5 path, $6 lease,
 // $7 shift of the database's clock, $8 the largest body read, $9 the
 // largest fingerprint, method, path and header read, together.
+// $10 the key's advisory lock (lockID).
 // It reads before it writes: a key held by a live row (a replay, a
 // conflict) costs a read, with no row lock and no transaction id, so no
-// WAL flush at its commit. Only a key without a live row in the
-// statement's snapshot goes to the INSERT, which takes an expired row over
-// (ON CONFLICT ... WHERE expired).
+// WAL flush at its commit. An in-flight row whose lease has expired is
+// still live while its request's transaction holds the key's advisory lock
+// (see Store.Begin): the statement tries the lock, which it holds until it
+// ends, and an in-flight row whose lock it gets is free. Only a key without
+// a live row in the statement's snapshot goes to the INSERT, which takes a
+// free row over (ON CONFLICT ... WHERE expired and not locked).
 // Replies one row: acquired = true for a key taken, else the held row (its
 // body NULL when larger than $8, its other variable fields empty when
 // larger than $9; their sizes tell) and the statement's time; or no row
@@ -151,7 +176,7 @@ held AS (
         SELECT size, size <= $9 AS ok FROM (SELECT (octet_length(r.fingerprint) + octet_length(r.method) +
             octet_length(r.path) + coalesce(octet_length(r.header), 0))::bigint AS size) sized
     ) m
-    WHERE r.key = $1::text AND r.expires_at > clock.t
+    WHERE r.key = $1::text AND (r.expires_at > clock.t OR (r.state = 1 AND NOT pg_try_advisory_xact_lock($10::bigint)))
 ),
 acquired AS (
     INSERT INTO {t} AS r (key, state, token, fingerprint, method, path, status, header, body, body_omitted, expires_at, created_at)
@@ -161,7 +186,7 @@ acquired AS (
         state = 1, token = excluded.token, fingerprint = excluded.fingerprint, method = excluded.method,
         path = excluded.path, status = 0, header = NULL, body = NULL, body_omitted = false,
         expires_at = excluded.expires_at, created_at = excluded.created_at
-    WHERE r.expires_at <= excluded.created_at
+    WHERE r.expires_at <= excluded.created_at AND (r.state <> 1 OR pg_try_advisory_xact_lock($10::bigint))
     RETURNING 1
 )
 SELECT true, 0::smallint, NULL::uuid, NULL::bytea, ''::text, ''::text, 0, NULL::bytea, 0::bigint,
@@ -170,28 +195,28 @@ FROM acquired CROSS JOIN clock
 UNION ALL
 SELECT false, held.*, clock.t FROM held CROSS JOIN clock`
 
-// completeSQL replaces the live in-flight row owned by a token with the
-// completed record. $1 key, $2 token, $3 fingerprint, $4 method, $5 path,
-// $6 status, $7 header, $8 body, $9 body omitted, $10 ttl, $11 shift of the
-// database's clock. One row affected when stored, or when this very record
-// is already stored by this token (a retry after a lost reply), none when
-// the token owns neither.
+// completeSQL replaces the in-flight row owned by a token with the
+// completed record, whether or not its lease has expired: a row that still
+// holds the token was taken by no other request (SPEC 23). $1 key, $2
+// token, $3 fingerprint, $4 method, $5 path, $6 status, $7 header, $8 body,
+// $9 body omitted, $10 ttl, $11 shift of the database's clock. One row
+// affected when stored, or when this very record is already stored by this
+// token (a retry after a lost reply), none when the token owns neither.
 const completeSQL = `UPDATE {t} SET state = 2, fingerprint = $3, method = $4, path = $5, status = $6,
     header = $7, body = $8, body_omitted = $9, expires_at = statement_timestamp() + $11::interval + $10::interval
-WHERE key = $1 AND token = $2 AND (
-    (state = 1 AND expires_at > statement_timestamp() + $11::interval) OR
+WHERE key = $1 AND token = $2 AND (state = 1 OR
     (state = 2 AND status = $6 AND header IS NOT DISTINCT FROM $7 AND body IS NOT DISTINCT FROM $8
         AND body_omitted = $9))`
 
-// releaseSQL deletes the live in-flight row owned by a token. $1 key,
-// $2 token, $3 shift of the database's clock.
-const releaseSQL = `DELETE FROM {t}
-WHERE key = $1 AND token = $2 AND state = 1 AND expires_at > statement_timestamp() + $3::interval`
+// releaseSQL deletes the in-flight row owned by a token, whether or not its
+// lease has expired. $1 key, $2 token.
+const releaseSQL = `DELETE FROM {t} WHERE key = $1 AND token = $2 AND state = 1`
 
-// extendSQL renews the lease of the live in-flight row owned by a token.
-// $1 key, $2 token, $3 lease, $4 shift of the database's clock.
+// extendSQL renews the lease of the in-flight row owned by a token, whether
+// or not it has expired: no other request took it. $1 key, $2 token,
+// $3 lease, $4 shift of the database's clock.
 const extendSQL = `UPDATE {t} SET expires_at = statement_timestamp() + $4::interval + $3::interval
-WHERE key = $1 AND token = $2 AND state = 1 AND expires_at > statement_timestamp() + $4::interval`
+WHERE key = $1 AND token = $2 AND state = 1`
 
 // deleteSQL deletes the row of a key, whatever its state. $1 key.
 const deleteSQL = `DELETE FROM {t} WHERE key = $1`

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -41,6 +43,10 @@ type Store struct {
 	cache        *cache // nil when off
 	maxBody      int
 	txOptions    pgx.TxOptions
+	begin        string        // BEGIN with txOptions
+	maxTx        int           // WithMaxTransactions; 0: all but one of the pool's connections
+	turns        chan struct{} // one per open request transaction
+	locked       sync.Map      // tokens whose request transaction holds the key's lock
 	sql          statements
 }
 
@@ -69,6 +75,11 @@ func New(pool *pgxpool.Pool, opts ...Option) *Store {
 		s.cache = newCache(s.cacheEntries, s.cacheBytes, s.cacheMaxAge)
 	}
 	s.sql = newStatements(s.table)
+	s.begin = beginSQL(s.txOptions)
+	if s.maxTx == 0 {
+		s.maxTx = max(1, int(pool.Config().MaxConns)-1)
+	}
+	s.turns = make(chan struct{}, s.maxTx)
 	return s
 }
 
@@ -133,12 +144,24 @@ func (s *Store) Acquire(ctx context.Context, key string, claim *idempotency.Reco
 	if claim != nil {
 		fp, method, path = claim.Fingerprint, claim.Method, claim.Path
 	}
+	// Waiting for a connection is queueing, bounded by the request's own
+	// context; the store timeout starts once the wait is over.
+	var conn *pgxpool.Conn
+	ctx, cancel, err := idempotency.Wait(ctx, func(ctx context.Context) (err error) {
+		conn, err = s.pool.Acquire(ctx)
+		return err
+	})
+	if err != nil {
+		return "", nil, fmt.Errorf("pgstore: acquire: %w", err)
+	}
+	defer cancel()
+	defer conn.Release()
 	id := uuid.New() // random (v4)
 	token := pgtype.UUID{Bytes: id, Valid: true}
 	for range acquireAttempts {
 		start := s.now() // before Postgres reads its clock: start+remaining is never past the real expiry
 		var r heldRow
-		err := s.pool.QueryRow(ctx, s.sql.acquire, key, token, nonNil(fp), method, path, lease, s.shift(), s.maxBody, maxMetaSize).
+		err := conn.QueryRow(ctx, s.sql.acquire, key, token, nonNil(fp), method, path, lease, s.shift(), s.maxBody, maxMetaSize, lockID(key)).
 			Scan(&r.acquired, &r.state, &r.token, &r.fingerprint, &r.method, &r.path, &r.status, &r.header, &r.metaLen,
 				&r.body, &r.bodyLen, &r.bodyOmitted, &r.expiresAt, &r.dbNow)
 		switch {
@@ -231,14 +254,27 @@ func (s *Store) Complete(ctx context.Context, key, token string, rec *idempotenc
 	}
 	stored := s.storable(rec)
 	start := s.now()
-	tag, err := s.pool.Exec(ctx, s.sql.complete, s.completeArgs(key, owner, stored, ttl)...)
+	if err := s.completeOn(ctx, s.pool, s.completeArgs(key, owner, stored, ttl)); err != nil {
+		return err
+	}
+	s.keep(key, token, stored, ttl, start)
+	return nil
+}
+
+// execer runs a statement: the pool, or a connection of it.
+type execer interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+// completeOn runs the complete statement with args on db.
+func (s *Store) completeOn(ctx context.Context, db execer, args []any) error {
+	tag, err := db.Exec(ctx, s.sql.complete, args...)
 	if err != nil {
 		return fmt.Errorf("pgstore: complete: %w", err)
 	}
 	if tag.RowsAffected() != 1 {
 		return idempotency.ErrNotOwner
 	}
-	s.keep(key, token, stored, ttl, start)
 	return nil
 }
 
@@ -293,7 +329,12 @@ func (s *Store) Release(ctx context.Context, key, token string) error {
 	if !ok {
 		return idempotency.ErrNotOwner
 	}
-	tag, err := s.pool.Exec(ctx, s.sql.release, key, owner, s.shift())
+	return s.releaseOn(ctx, s.pool, key, owner)
+}
+
+// releaseOn runs the release statement on db.
+func (s *Store) releaseOn(ctx context.Context, db execer, key string, owner pgtype.UUID) error {
+	tag, err := db.Exec(ctx, s.sql.release, key, owner)
 	if err != nil {
 		return fmt.Errorf("pgstore: release: %w", err)
 	}
@@ -303,10 +344,15 @@ func (s *Store) Release(ctx context.Context, key, token string) error {
 	return nil
 }
 
-// Extend implements [idempotency.Store]: one round trip.
+// Extend implements [idempotency.Store]: one round trip, or none while the
+// request's transaction is open: its lock on the key holds the key then
+// (see [Store.Begin]).
 func (s *Store) Extend(ctx context.Context, key, token string, lease time.Duration) error {
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	if _, locked := s.locked.Load(token); locked {
+		return nil
 	}
 	owner, ok := parseToken(token)
 	if !ok {
@@ -340,6 +386,17 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 		return fmt.Errorf("pgstore: delete: %w", err)
 	}
 	return nil
+}
+
+// lockID is the advisory lock of key: the FNV-1a hash of key. Two keys
+// that share a lock only wait for each other's transactions.
+func lockID(key string) int64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(key); i++ {
+		h ^= uint64(key[i])
+		h *= 1099511628211
+	}
+	return int64(h)
 }
 
 // parseToken reads a token returned by Acquire. A string that is not a UUID

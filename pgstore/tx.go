@@ -4,24 +4,33 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"sync"
 	"time"
 
 	"github.com/gin-gonic/gin"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/ginidem/idempotency"
 )
 
-// Begin implements [idempotency.TxStore]: it begins the transaction of the
-// request that holds key with token, on a connection of the store's pool
-// (one round trip, BEGIN). The middleware calls it after Acquire, gives the
-// transaction to the handler (see [Tx]), and ends it with Commit, which
-// writes the completed record in the same transaction, or Rollback.
+// Begin implements [idempotency.TxStore]: it returns the transaction of the
+// request that holds key with token, without a round trip. The transaction
+// opens when the handler first uses it (see [Tx]): on a connection of the
+// pool, waited for with the handler's own context, with BEGIN and a
+// transaction-level advisory lock on the key in one round trip. From then
+// on the lock holds the key: no lease renewal needs a second connection,
+// and a process that dies frees its key at once. The middleware ends the
+// transaction with Commit, which writes the completed record in it, or
+// Release.
 //
-// Begin does not lock the key's row: the lease is renewed meanwhile by
-// other statements, and ownership is checked when the record is written, at
-// Commit. A token this store did not issue gets [idempotency.ErrNotOwner].
+// At most all but one of the pool's connections hold request transactions
+// at once (see [WithMaxTransactions]): a handler that opens one waits for
+// its turn, so that acquisitions, releases and the handlers' reads through
+// the pool always find a connection. A token this store did not issue gets
+// [idempotency.ErrNotOwner].
 func (s *Store) Begin(ctx context.Context, key, token string) (idempotency.Tx, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -30,22 +39,20 @@ func (s *Store) Begin(ctx context.Context, key, token string) (idempotency.Tx, e
 	if !ok {
 		return nil, idempotency.ErrNotOwner
 	}
-	tx, err := s.pool.BeginTx(ctx, s.txOptions)
-	if err != nil {
-		return nil, fmt.Errorf("pgstore: begin: %w", err)
-	}
-	return &requestTx{store: s, key: key, token: token, owner: owner, handler: handlerTx{tx}}, nil
+	return &requestTx{store: s, key: key, token: token, owner: owner}, nil
 }
 
 // requestTx is the transaction of one keyed request: an idempotency.Tx
-// whose pgx.Tx the handler reads with Tx.
+// whose pgx.Tx the handler reads with Tx. It opens on first use.
 type requestTx struct {
-	store   *Store
-	key     string
-	token   string
-	owner   pgtype.UUID
-	handler handlerTx // wraps the pgx.Tx
-	done    bool
+	store *Store
+	key   string
+	token string
+	owner pgtype.UUID
+	mu    sync.Mutex
+	conn  *pgxpool.Conn // held from the first use to the end
+	tx    pgx.Tx        // nil until the first use
+	done  bool
 }
 
 // rollbackTimeout bounds the ROLLBACK after a failed commit, whose context
@@ -53,56 +60,165 @@ type requestTx struct {
 // closed, which rolls the transaction back too.
 const rollbackTimeout = 5 * time.Second
 
+// open begins the transaction on its first use, bounded by ctx, the
+// handler's context: waiting for a turn and a connection is queueing.
+func (t *requestTx) open(ctx context.Context) (pgx.Tx, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch {
+	case t.tx != nil:
+		return t.tx, nil
+	case t.done:
+		return nil, fmt.Errorf("pgstore: the request's transaction has ended: %w", pgx.ErrTxClosed)
+	}
+	s := t.store
+	select {
+	case s.turns <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("pgstore: waiting for a turn to open the request's transaction: %w", context.Cause(ctx))
+	}
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		<-s.turns
+		return nil, fmt.Errorf("pgstore: begin: %w", err)
+	}
+	tx, err := conn.BeginTx(ctx, pgx.TxOptions{BeginQuery: s.beginSQL(t.key)})
+	if err != nil {
+		conn.Release()
+		<-s.turns
+		return nil, fmt.Errorf("pgstore: begin: %w", err)
+	}
+	t.conn, t.tx = conn, tx
+	s.locked.Store(t.token, struct{}{})
+	return tx, nil
+}
+
+// beginSQL begins a request's transaction with the store's options and
+// takes the key's advisory lock, in one round trip.
+func (s *Store) beginSQL(key string) string {
+	return s.begin + "; SELECT pg_advisory_xact_lock(" + strconv.FormatInt(lockID(key), 10) + ")"
+}
+
+// Begun reports whether the handler used the transaction.
+func (t *requestTx) Begun() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.tx != nil
+}
+
+// end returns the transaction's connection and turn. The caller holds mu.
+func (t *requestTx) end() {
+	t.done = true
+	if t.conn == nil {
+		return
+	}
+	t.store.locked.Delete(t.token)
+	t.conn.Release()
+	t.conn, t.tx = nil, nil
+	<-t.store.turns
+}
+
 // Commit implements [idempotency.Tx]: in the request's transaction, it
-// replaces the live in-flight row owned by the request's token with rec,
-// kept for ttl, then commits (two round trips). When the token no longer
-// owns the key, it rolls back and returns [idempotency.ErrNotOwner]. When
-// the UPDATE fails, it rolls back and returns the error. When COMMIT fails,
+// replaces the in-flight row owned by the request's token with rec, kept
+// for ttl, then commits (two round trips). When the token no longer owns
+// the key, it rolls back and returns [idempotency.ErrNotOwner]. When the
+// UPDATE fails, it rolls back and returns the error. When COMMIT fails,
 // Postgres has rolled back, and Commit returns the error; if the connection
 // broke during COMMIT, the outcome is unknown to the client (the record and
 // the handler's writes then committed together or not at all), so a caller
 // must not report success on any error.
+//
+// When a statement of the handler failed (the transaction is aborted), its
+// writes are rolled back and rec is stored alone, on the same connection:
+// the handler's answer to its failure is kept like any other. A
+// transaction the handler never used stores rec with [Store.Complete].
 func (t *requestTx) Commit(ctx context.Context, rec *idempotency.Record, ttl time.Duration) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	if t.done {
 		return errors.New("pgstore: commit: the transaction has already ended")
 	}
-	t.done = true
-	tx := t.handler.Tx
-	stored := t.store.storable(rec)
-	start := t.store.now()
-	tag, err := tx.Exec(ctx, t.store.sql.complete, t.store.completeArgs(t.key, t.owner, stored, ttl)...)
+	defer t.end()
+	s := t.store
+	if t.tx == nil {
+		return s.Complete(ctx, t.key, t.token, rec, ttl)
+	}
+	stored := s.storable(rec)
+	start := s.now()
+	args := s.completeArgs(t.key, t.owner, stored, ttl)
+	if t.conn.Conn().PgConn().TxStatus() == 'E' { // a handler statement failed
+		if err := t.rollback(ctx); err != nil {
+			return fmt.Errorf("pgstore: commit: %w", err)
+		}
+		if err := s.completeOn(ctx, t.conn, args); err != nil {
+			return err
+		}
+		s.keep(t.key, t.token, stored, ttl, start)
+		return nil
+	}
+	tag, err := t.tx.Exec(ctx, s.sql.complete, args...)
 	if err != nil || tag.RowsAffected() != 1 {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
-		defer cancel()
-		_ = tx.Rollback(rctx)
+		_ = t.rollback(ctx)
 		if err != nil {
 			return fmt.Errorf("pgstore: commit: %w", err)
 		}
 		return idempotency.ErrNotOwner
 	}
-	if err := tx.Commit(ctx); err != nil {
+	if err := t.tx.Commit(ctx); err != nil {
 		return fmt.Errorf("pgstore: commit: %w", err)
 	}
-	t.store.keep(t.key, t.token, stored, ttl, start)
+	s.keep(t.key, t.token, stored, ttl, start)
 	return nil
 }
 
-// Rollback implements [idempotency.Tx]: it rolls back everything written
-// through the transaction. After Commit, or a first Rollback, it does
-// nothing and returns nil.
-func (t *requestTx) Rollback(ctx context.Context) error {
-	if t.done {
-		return nil
-	}
-	t.done = true
-	if err := t.handler.Tx.Rollback(ctx); err != nil && !errors.Is(err, pgx.ErrTxClosed) {
+// rollback rolls the open transaction back, with a deadline of its own when
+// ctx is spent.
+func (t *requestTx) rollback(ctx context.Context) error {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+	defer cancel()
+	if err := t.tx.Rollback(rctx); err != nil && !errors.Is(err, pgx.ErrTxClosed) {
 		return fmt.Errorf("pgstore: rollback: %w", err)
 	}
 	return nil
 }
 
+// Release implements [idempotency.Tx]: it rolls back everything written
+// through the transaction and releases the key, on the transaction's own
+// connection when it was opened, so that it never waits for the pool.
+func (t *requestTx) Release(ctx context.Context) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.done {
+		return errors.New("pgstore: release: the transaction has already ended")
+	}
+	defer t.end()
+	if t.tx == nil {
+		return t.store.Release(ctx, t.key, t.token)
+	}
+	if err := t.rollback(ctx); err != nil {
+		return err
+	}
+	return t.store.releaseOn(ctx, t.conn, t.key, t.owner)
+}
+
+// Rollback implements [idempotency.Tx]: it rolls back everything written
+// through the transaction. After Commit, Release or a first Rollback, it
+// does nothing and returns nil.
+func (t *requestTx) Rollback(ctx context.Context) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.done {
+		return nil
+	}
+	defer t.end()
+	if t.tx == nil {
+		return nil
+	}
+	return t.rollback(ctx)
+}
+
 // PgxTx returns the transaction the handler writes through: see [Tx].
-func (t *requestTx) PgxTx() pgx.Tx { return t.handler }
+func (t *requestTx) PgxTx() pgx.Tx { return handlerTx{t} }
 
 // ErrHandlerCommit is returned by Commit and Rollback of the transaction
 // [Tx] returns: the middleware ends the request's transaction, after the
@@ -111,16 +227,6 @@ func (t *requestTx) PgxTx() pgx.Tx { return t.handler }
 // keep (a 5xx by default); nested transactions (tx.Begin, savepoints) end
 // as usual.
 var ErrHandlerCommit = errors.New("pgstore: the request's transaction is committed or rolled back by the idempotency middleware, not by the handler")
-
-// handlerTx is the request's pgx.Tx as the handler sees it: everything but
-// ending it.
-type handlerTx struct{ pgx.Tx }
-
-// Commit refuses: see ErrHandlerCommit.
-func (handlerTx) Commit(context.Context) error { return ErrHandlerCommit }
-
-// Rollback refuses: see ErrHandlerCommit.
-func (handlerTx) Rollback(context.Context) error { return ErrHandlerCommit }
 
 // Tx returns the transaction of the request, when the idempotency
 // middleware runs it on a [Store] (or any [idempotency.TxStore] whose
@@ -132,9 +238,16 @@ func (handlerTx) Rollback(context.Context) error { return ErrHandlerCommit }
 // A handler that writes through it gets exactly-once effects: its writes
 // and the completed record commit in one transaction, after the handler
 // returns and before the client receives anything, fenced by the key's
-// token. The handler must not commit or roll it back itself (Commit and
-// Rollback return [ErrHandlerCommit]); use the request's context for its
-// statements.
+// token. The transaction opens at its first statement, so a handler may do
+// slow work (a call to another service) before it without holding a
+// connection, and commits after the handler returns. While it is open, the
+// handler holds one connection of the pool: read through the transaction
+// too, not through the pool, which may have no connection left for it
+// (see the package documentation). The handler must not commit or roll it
+// back itself (Commit and Rollback return [ErrHandlerCommit]). Use the
+// request's context for its statements: once the key is held, the
+// middleware no longer cancels it when the client goes away, so that the
+// work finishes and the client's retry gets the replay.
 //
 //	r.POST("/orders", func(c *gin.Context) {
 //		tx := pgstore.Tx(c)
