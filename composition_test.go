@@ -437,3 +437,50 @@ func TestSpec28_Nesting(t *testing.T) {
 		assert.Equal(t, http.StatusOK, s.send(s.client, "/nokey", "", "x", auth).status)
 	})
 }
+
+// TestSpec28_OneMiddlewareOnTwoEngines mounts one middleware value on two
+// engines whose routes of one method and pattern hold different chains: on
+// engine "alone" it is the only idempotency middleware, on engine "nested"
+// a route middleware with options of its own sits inside it. Whichever
+// engine serves first, each engine's chain is counted for itself: alone,
+// the shared middleware handles the key (a retry is replayed, the handler
+// runs once); nested, it steps aside for the route's, whose options apply.
+func TestSpec28_OneMiddlewareOnTwoEngines(t *testing.T) {
+	auth := "Authorization: Bearer u"
+	for _, first := range []string{"alone", "nested"} {
+		t.Run("spec28/the "+first+" engine serves first", func(t *testing.T) {
+			store := idem.NewMemoryStore()
+			shared := idem.New(idem.WithStore(store))
+			alone := mount(t, func(r *gin.Engine, s *served) {
+				r.Use(shared)
+				r.POST("/things", s.create)
+			})
+			nested := mount(t, func(r *gin.Engine, s *served) {
+				r.Use(shared)
+				r.POST("/things", idem.New(idem.WithStore(store), idem.WithMismatchStatus(http.StatusUnprocessableEntity)), s.create)
+			})
+			useNested := func() {
+				assert.Equal(t, http.StatusCreated, nested.send(nested.client, "/things", key2, "x", auth).status)
+				assert.True(t, nested.send(nested.client, "/things", key2, "x", auth).replayed())
+				assert.Equal(t, http.StatusUnprocessableEntity, nested.send(nested.client, "/things", key2, "y", auth).status,
+					"the route's middleware handles the key, with its options")
+				assert.Equal(t, int32(1), nested.calls.Load())
+			}
+			useAlone := func() {
+				for range 3 {
+					alone.send(alone.client, "/things", key1, "x", auth)
+				}
+				assert.Equal(t, int32(1), alone.calls.Load(), "the handler ran once for one key")
+				assert.True(t, alone.send(alone.client, "/things", key1, "x", auth).replayed())
+				assert.Equal(t, http.StatusConflict, alone.send(alone.client, "/things", key1, "y", auth).status)
+			}
+			if first == "alone" {
+				useAlone()
+				useNested()
+			} else {
+				useNested()
+				useAlone()
+			}
+		})
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/gin-gonic/gin"
 )
@@ -52,31 +53,50 @@ func Key(c *gin.Context) (key string, leased, ok bool) {
 	return mark.key, mark.leased, true
 }
 
-// chains remembers, per route, how many idempotency middlewares the route's
-// handler chain holds. A route's chain is fixed once Gin serves it, so it is
-// counted once; the map is replaced on write and read without a lock.
+// chains remembers, per engine and route, how many idempotency middlewares
+// the route's handler chain holds. A route's chain is fixed once Gin serves
+// it, so it is counted once; the map is replaced on write and read without
+// a lock. One middleware may be mounted on several engines, whose routes
+// of one method and pattern may hold different chains: each engine's are
+// counted apart (SPEC 28).
 type chains struct {
 	self   string // the name Gin gives this package's handler
+	engine int    // index of gin.Context's engine field, or -1: no count is kept
 	counts atomic.Pointer[map[routeID]int]
 	mu     sync.Mutex // serializes writers
 }
 
-type routeID struct{ method, path string }
+// routeID names one route of one engine. The engine pointer keeps the
+// engine from being collected while the count is remembered, so no other
+// engine can later take its address.
+type routeID struct {
+	engine       unsafe.Pointer
+	method, path string
+}
 
 // maxChains bounds the routes remembered; past it, chains are counted on
 // every request.
 const maxChains = 4096
 
 func newChains(handler gin.HandlerFunc) *chains {
-	ch := &chains{self: runtime.FuncForPC(reflect.ValueOf(handler).Pointer()).Name()}
+	ch := &chains{self: runtime.FuncForPC(reflect.ValueOf(handler).Pointer()).Name(), engine: -1}
 	ch.counts.Store(&map[routeID]int{})
+	// Gin has no accessor for the engine that serves a request: its
+	// Context keeps it in an unexported field, read by reflection. Should a
+	// Gin release rename it, every request counts its chain instead.
+	if f, ok := reflect.TypeFor[gin.Context]().FieldByName("engine"); ok && len(f.Index) == 1 &&
+		f.Type == reflect.TypeFor[*gin.Engine]() {
+		ch.engine = f.Index[0]
+	}
 	return ch
 }
 
 // count returns the number of this package's middlewares on c's chain.
 func (ch *chains) count(c *gin.Context) int {
-	id := routeID{c.Request.Method, c.FullPath()}
-	if id.path != "" { // "" is the 404 or 405 chain, which is not cached
+	id := routeID{method: c.Request.Method, path: c.FullPath()}
+	cached := id.path != "" && ch.engine >= 0 // "" is the 404 or 405 chain, which is not cached
+	if cached {
+		id.engine = reflect.ValueOf(c).Elem().Field(ch.engine).UnsafePointer()
 		if n, ok := (*ch.counts.Load())[id]; ok {
 			return n
 		}
@@ -87,7 +107,7 @@ func (ch *chains) count(c *gin.Context) int {
 			n++
 		}
 	}
-	if id.path != "" {
+	if cached {
 		ch.mu.Lock()
 		old := *ch.counts.Load()
 		if len(old) < maxChains {
