@@ -48,10 +48,7 @@ func newBreaker(m *middleware) *breaker {
 		ReadyToTrip: func(counts gobreaker.Counts) bool {
 			return counts.ConsecutiveFailures >= failures
 		},
-		// A lost lease or an unreadable record is an answer, not an outage.
-		IsExcluded: func(err error) bool {
-			return errors.Is(err, ErrNotOwner) || errors.Is(err, ErrCorruptRecord)
-		},
+		IsExcluded: excluded,
 		OnStateChange: func(_ string, _, to gobreaker.State) {
 			b.mu.Lock()
 			b.pending = append(b.pending, to)
@@ -77,8 +74,42 @@ func (b *breaker) report(m *middleware) {
 	}
 }
 
+// errStorePanicked is the outcome the breaker records for a store call that
+// panicked instead of returning.
+var errStorePanicked = errors.New("idempotency: a store call panicked")
+
+// excluded reports whether a store call's error says nothing of the store's
+// health, so that the breaker counts it neither way (SPEC 32): a lost lease
+// or an unreadable record is an answer, a wait for a local resource is
+// queueing, and a panic is a bug of the caller's or the store's code.
+func excluded(err error) bool {
+	return errors.Is(err, ErrNotOwner) || errors.Is(err, ErrCorruptRecord) ||
+		errors.Is(err, ErrPoolWait) || errors.Is(err, errStorePanicked)
+}
+
+// breakerCall is one store call the breaker let through, until its outcome
+// is recorded. The zero value records nothing.
+//
+// gobreaker counts a call from Allow until its outcome is recorded; in the
+// half-open state it lets one call through at a time, so a call whose
+// outcome is never recorded (its store panicked) would hold the probe slot
+// for good and every later call would be refused. A caller therefore
+// defers abandon once, before the first admit, and calls end after each
+// store call:
+//
+//	var call breakerCall
+//	defer call.abandon()
+//	if !m.breaker.admit(&call) { ... }
+//	err := m.store.Acquire(...)
+//	call.end(err)
+type breakerCall struct {
+	done func(error) // gobreaker's, until the outcome is recorded
+}
+
 // allow reports whether a store call may go ahead; done records its
-// outcome.
+// outcome. A call that panics never records one, so prefer admit.
+//
+// TODO(issue 18): remove once acquire uses admit.
 func (b *breaker) allow() (done func(error), ok bool) {
 	if b == nil {
 		return func(error) {}, true
@@ -86,6 +117,35 @@ func (b *breaker) allow() (done func(error), ok bool) {
 	done, err := b.cb.Allow()
 	return done, err == nil
 }
+
+// admit reports whether a store call may go ahead; call.end records its
+// outcome. A nil breaker admits every call and records nothing.
+func (b *breaker) admit(call *breakerCall) bool {
+	if b == nil {
+		return true
+	}
+	call.abandon() // a caller that skipped end: the earlier call never counts
+	done, err := b.cb.Allow()
+	if err != nil {
+		return false
+	}
+	call.done = done
+	return true
+}
+
+// end records the outcome of the call; only the first end after admit
+// counts.
+func (call *breakerCall) end(err error) {
+	if done := call.done; done != nil {
+		call.done = nil
+		done(err)
+	}
+}
+
+// abandon records a call that has not ended, because its store panicked, as
+// an excluded outcome: it neither trips the breaker nor holds its probe
+// slot. It does nothing after end; the panic goes on.
+func (call *breakerCall) abandon() { call.end(errStorePanicked) }
 
 // breakerChanged reports a change of the breaker's state as an event and a
 // log line.

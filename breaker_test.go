@@ -1,10 +1,15 @@
 package idempotency_test
 
 import (
+	"context"
+	"io"
+	"log/slog"
 	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/gin-gonic/gin"
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -67,4 +72,81 @@ func TestSpec32_BreakerOptions(t *testing.T) {
 	assert.Panics(t, func() { idem.WithCircuitBreaker(-1, time.Second) })
 	assert.Panics(t, func() { idem.WithCircuitBreaker(3, 0) })
 	assert.NotPanics(t, func() { idem.WithCircuitBreaker(0, 0) }, "0 turns it off")
+}
+
+// faultyStore's acquisitions fail or panic on demand. It wraps a
+// MemoryStore but is not one, so the middleware keeps its breaker on.
+type faultyStore struct {
+	idem.Store
+	fail, panics atomic.Bool
+	acquires     atomic.Int32
+}
+
+func (s *faultyStore) Acquire(ctx context.Context, key string, claim *idem.Record, lease time.Duration) (string, *idem.Record, error) {
+	s.acquires.Add(1)
+	if s.panics.Load() {
+		panic("idempotency test: a store bug")
+	}
+	if s.fail.Load() {
+		return "", nil, errStoreDown
+	}
+	return s.Store.Acquire(ctx, key, claim, lease)
+}
+
+// breakerService serves POST /things behind a recovery and the middleware
+// with a breaker that opens after 2 failures and probes every 50 ms.
+func breakerService(t *testing.T, store idem.Store, ev *events) *served {
+	return mount(t, func(r *gin.Engine, s *served) {
+		r.Use(gin.CustomRecoveryWithWriter(io.Discard, func(c *gin.Context, _ any) { c.AbortWithStatus(http.StatusInternalServerError) }))
+		r.Use(idem.New(idem.WithStore(store), idem.WithCircuitBreaker(2, 50*time.Millisecond),
+			idem.WithEventHook(ev.hook), idem.WithLogger(slog.New(slog.DiscardHandler))))
+		r.POST("/things", s.create)
+	})
+}
+
+// TestSpec32_PanicNeverWedgesTheBreaker: a store whose Acquire panics
+// gets a 500 from the recovery for that request, and the breaker counts
+// the panic neither way. Closed, panics never open it; half-open, the
+// panicking probe does not keep the probe's place, so the next request
+// probes again and the circuit closes once the store answers.
+func TestSpec32_PanicNeverWedgesTheBreaker(t *testing.T) {
+	auth := "Authorization: Bearer u"
+	t.Run("spec32/panics never open the circuit", func(t *testing.T) {
+		store := &faultyStore{Store: idem.NewMemoryStore()}
+		ev := newEvents()
+		s := breakerService(t, store, ev)
+		store.panics.Store(true)
+		for range 5 {
+			assert.Equal(t, http.StatusInternalServerError, s.send(s.client, "/things", uuid.NewString(), "x", auth).status)
+		}
+		assert.Equal(t, int32(5), store.acquires.Load(), "every request reached the store")
+		store.panics.Store(false)
+		assert.Equal(t, http.StatusCreated, s.send(s.client, "/things", uuid.NewString(), "x", auth).status)
+		assert.NotContains(t, ev.kinds(), idem.EventBreakerOpen)
+	})
+	t.Run("spec32/a probe that panics does not wedge the half-open circuit", func(t *testing.T) {
+		store := &faultyStore{Store: idem.NewMemoryStore()}
+		ev := newEvents()
+		s := breakerService(t, store, ev)
+		store.fail.Store(true)
+		for range 2 {
+			assert.Equal(t, http.StatusServiceUnavailable, s.send(s.client, "/things", uuid.NewString(), "x", auth).status)
+		}
+		ev.waitFor(t, idem.EventBreakerOpen)
+
+		store.fail.Store(false)
+		store.panics.Store(true)
+		require.EventuallyWithT(t, func(c *assert.CollectT) {
+			assert.Equal(c, http.StatusInternalServerError, s.send(s.client, "/things", uuid.NewString(), "x", auth).status)
+		}, 5*time.Second, 10*time.Millisecond, "the half-open circuit lets a probe through, and the store panics")
+
+		store.panics.Store(false)
+		require.EventuallyWithT(t, func(c *assert.CollectT) {
+			assert.Equal(c, http.StatusCreated, s.send(s.client, "/things", uuid.NewString(), "x", auth).status)
+		}, 5*time.Second, 10*time.Millisecond, "a later request probes the store again, instead of 503 until a restart")
+		ev.waitFor(t, idem.EventBreakerClosed)
+		key := uuid.NewString()
+		s.send(s.client, "/things", key, "x", auth)
+		assert.True(t, s.send(s.client, "/things", key, "x", auth).replayed(), "idempotency is back")
+	})
 }
