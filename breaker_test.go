@@ -2,6 +2,7 @@ package idempotency_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 	"github.com/google/uuid"
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -78,8 +80,18 @@ func TestSpec32_BreakerOptions(t *testing.T) {
 // MemoryStore but is not one, so the middleware keeps its breaker on.
 type faultyStore struct {
 	idem.Store
-	fail, panics atomic.Bool
-	acquires     atomic.Int32
+	err      atomic.Pointer[error] // when set, acquisitions fail with it
+	panics   atomic.Bool
+	acquires atomic.Int32
+}
+
+// failWith makes the acquisitions fail with err; nil mends the store.
+func (s *faultyStore) failWith(err error) {
+	if err == nil {
+		s.err.Store(nil)
+		return
+	}
+	s.err.Store(&err)
 }
 
 func (s *faultyStore) Acquire(ctx context.Context, key string, claim *idem.Record, lease time.Duration) (string, *idem.Record, error) {
@@ -87,8 +99,8 @@ func (s *faultyStore) Acquire(ctx context.Context, key string, claim *idem.Recor
 	if s.panics.Load() {
 		panic("idempotency test: a store bug")
 	}
-	if s.fail.Load() {
-		return "", nil, errStoreDown
+	if err := s.err.Load(); err != nil {
+		return "", nil, *err
 	}
 	return s.Store.Acquire(ctx, key, claim, lease)
 }
@@ -128,13 +140,13 @@ func TestSpec32_PanicNeverWedgesTheBreaker(t *testing.T) {
 		store := &faultyStore{Store: idem.NewMemoryStore()}
 		ev := newEvents()
 		s := breakerService(t, store, ev)
-		store.fail.Store(true)
+		store.failWith(errStoreDown)
 		for range 2 {
 			assert.Equal(t, http.StatusServiceUnavailable, s.send(s.client, "/things", uuid.NewString(), "x", auth).status)
 		}
 		ev.waitFor(t, idem.EventBreakerOpen)
 
-		store.fail.Store(false)
+		store.failWith(nil)
 		store.panics.Store(true)
 		require.EventuallyWithT(t, func(c *assert.CollectT) {
 			assert.Equal(c, http.StatusInternalServerError, s.send(s.client, "/things", uuid.NewString(), "x", auth).status)
@@ -149,4 +161,66 @@ func TestSpec32_PanicNeverWedgesTheBreaker(t *testing.T) {
 		s.send(s.client, "/things", key, "x", auth)
 		assert.True(t, s.send(s.client, "/things", key, "x", auth).replayed(), "idempotency is back")
 	})
+}
+
+// TestSpec32_PoolWaitNeverTripsTheBreaker: a store call that gave up
+// waiting for a connection of the application's own pool (an error that
+// wraps ErrPoolWait) is queueing, not a store failure: however many there
+// are, the circuit stays closed and every request still reaches the store.
+func TestSpec32_PoolWaitNeverTripsTheBreaker(t *testing.T) {
+	store := &faultyStore{Store: idem.NewMemoryStore()}
+	ev := newEvents()
+	s := breakerService(t, store, ev)
+	auth := "Authorization: Bearer u"
+	store.failWith(fmt.Errorf("pgstore: acquire: %w", idem.ErrPoolWait))
+	for range 6 { // three times the breaker's threshold
+		assert.NotEqual(t, http.StatusCreated, s.send(s.client, "/things", uuid.NewString(), "x", auth).status)
+	}
+	assert.Equal(t, int32(6), store.acquires.Load(), "every request reached the store")
+	store.failWith(nil)
+	assert.Equal(t, http.StatusCreated, s.send(s.client, "/things", uuid.NewString(), "x", auth).status)
+	assert.NotContains(t, ev.kinds(), idem.EventBreakerOpen)
+	assert.Equal(t, int32(1), s.calls.Load())
+}
+
+// TestSpec32_CorruptRecordNeverTripsTheBreaker: a record that cannot be
+// decoded is that key's problem, not the store's. Retried more often than
+// the breaker's failure threshold, it gets 503 each time for what it is (a
+// corrupt record), and the circuit stays closed: other keys still work.
+func TestSpec32_CorruptRecordNeverTripsTheBreaker(t *testing.T) {
+	for _, target := range redisTargets(true) {
+		t.Run(target.name+"/spec32/a corrupt record is not a store failure", func(t *testing.T) {
+			ctx := storeCtx(t)
+			client, prefix, _ := target.open(t)
+			store := idem.NewRedisStore(client, idem.WithRedisKeyPrefix(prefix), idem.WithRedisLocalCache(0, 0))
+			ev := newEvents()
+			var runs, arrived atomic.Int32
+			svc := newOrderService(t, store, &runs, &arrived, nil, idem.WithCircuitBreaker(3, time.Hour),
+				idem.WithEventHook(ev.hook), idem.WithLogger(slog.New(slog.DiscardHandler)))
+			hc := newHTTPClient(t)
+			require.Equal(t, http.StatusCreated, postOrder(hc, svc.srv, redisHTTPKey).status)
+			var keys []string
+			require.NoError(t, forEachKey(ctx, client, prefix, func(_ context.Context, _ redis.Cmdable, k string) error {
+				keys = append(keys, k)
+				return nil
+			}))
+			require.Len(t, keys, 1)
+			require.NoError(t, client.Set(ctx, keys[0], "\x01\x02garbage", time.Hour).Err())
+
+			for range 6 { // twice the breaker's threshold
+				r := postOrder(hc, svc.srv, redisHTTPKey)
+				require.NoError(t, r.err)
+				assert.Equal(t, http.StatusServiceUnavailable, r.status)
+			}
+			for _, e := range ev.all() {
+				if e.Kind == idem.EventStoreError {
+					assert.ErrorIs(t, e.Err, idem.ErrCorruptRecord, "the store was called and found the record corrupt")
+				}
+			}
+			other := postOrder(hc, svc.srv, uuid.NewString())
+			assert.Equal(t, http.StatusCreated, other.status, "the circuit is closed: other keys work")
+			assert.NotContains(t, ev.kinds(), idem.EventBreakerOpen)
+			assert.Equal(t, int32(2), runs.Load())
+		})
+	}
 }
