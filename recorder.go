@@ -106,12 +106,22 @@ func (r *recorder) Flush() {
 	r.ResponseWriter.Flush()
 }
 
-// Hijack marks the response as taken over (kept without a body) and hands
-// the connection to the caller.
+// Hijack hands the connection to the caller and marks the response as
+// taken over (kept without a body). A refused hijack (a response held for
+// its transaction's commit) changes nothing: the handler answers as usual,
+// and that answer is recorded and replayed.
 func (r *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	r.snapshot()
+	took := !r.sent && !r.ResponseWriter.Written()
+	r.snapshot() // before: a hijacked writer counts as written
+	conn, rw, err := r.ResponseWriter.Hijack()
+	if err != nil {
+		if took && !r.ResponseWriter.Written() { // the header is still to be sent: snapshot it then
+			r.sent, r.status, r.header = false, 0, nil
+		}
+		return conn, rw, err
+	}
 	r.omit()
-	return r.ResponseWriter.Hijack()
+	return conn, rw, nil
 }
 
 // Unwrap returns the wrapped writer, for http.ResponseController.

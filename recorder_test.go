@@ -158,3 +158,34 @@ func TestSpec11_HeadersSnapshotWhenWritten(t *testing.T) {
 	assert.Equal(t, `"v1"`, replay.Header.Get("ETag"))
 	assert.Empty(t, replay.Header.Get("Link"))
 }
+
+// TestSpec31_RefusedHijackIsReplayed: on a TxStore the response is held for
+// the commit, so a hijack is refused. A handler that then answers as usual
+// (a WebSocket endpoint's plain HTTP fallback) has that answer kept and
+// replayed, like any other: the refused hijack took nothing over.
+func TestSpec31_RefusedHijackIsReplayed(t *testing.T) {
+	store := &memoryTxStore{MemoryStore: idem.NewMemoryStore()}
+	s := mount(t, func(r *gin.Engine, s *served) {
+		r.Use(idem.New(idem.WithStore(store)))
+		r.POST("/ws", func(c *gin.Context) {
+			s.calls.Add(1)
+			conn, _, err := c.Writer.Hijack()
+			if !assert.Error(t, err, "a held response cannot be hijacked") {
+				conn.Close()
+				return
+			}
+			c.Header("Location", "/orders/1")
+			c.String(http.StatusCreated, "created without a WebSocket")
+		})
+	})
+	auth := "Authorization: Bearer u"
+	first := s.send(s.client, "/ws", key1, "x", auth)
+	assert.Equal(t, http.StatusCreated, first.status)
+	assert.Equal(t, "created without a WebSocket", first.body)
+	dup := s.send(s.client, "/ws", key1, "x", auth)
+	assert.True(t, dup.replayed(), "the fallback answer is replayed, not refused as a stream: %d %s", dup.status, dup.body)
+	assert.Equal(t, http.StatusCreated, dup.status)
+	assert.Equal(t, first.body, dup.body)
+	assert.Equal(t, "/orders/1", dup.header.Get("Location"))
+	assert.Equal(t, int32(1), s.calls.Load())
+}
