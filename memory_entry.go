@@ -116,8 +116,10 @@ func (e *memoryEntry) decode() *Record {
 			rec.Header[name], all = vs, all[n:]
 		}
 	}
-	if len(r.rest) > 0 {
-		rec.Body = r.rest
+	if n := len(r.rest); n > 0 {
+		// No spare capacity: the blob is sized by an estimate, and an append
+		// to one reader's Body must not write into bytes every replay shares.
+		rec.Body = r.rest[:n:n]
 	}
 	return rec
 }

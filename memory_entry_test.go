@@ -43,3 +43,21 @@ func TestSpec25_MemoryEntryTruncatedNeverPanics(t *testing.T) {
 	corrupt := append([]byte{0xff, 0xff, 0xff, 0xff, 0x0f}, blob...)
 	require.NotPanics(t, func() { (&memoryEntry{blob: corrupt}).decode() })
 }
+
+// TestSpec27_MemoryEntryBodyHasNoSpareCapacity: a decoded body is a view of
+// the blob that every replay shares. It ends where the blob's bytes end, so
+// that an append by one reader copies instead of writing into bytes past
+// the body that another reader's append also uses.
+func TestSpec27_MemoryEntryBodyHasNoSpareCapacity(t *testing.T) {
+	rec := &Record{Fingerprint: []byte{1}, Method: http.MethodPost, Path: "/p", Status: http.StatusCreated,
+		Header: http.Header{"Location": {"/p/1"}}, Body: []byte(`{"id":1}`)}
+	e := newMemoryEntry("k", Completed, "token", rec, time.Now().Add(time.Hour))
+	require.Greater(t, cap(e.blob), len(e.blob), "the blob is sized by an estimate")
+	got := e.decode()
+	assert.Equal(t, len(got.Body), cap(got.Body))
+	a := append(got.Body, " a"...)
+	b := append(got.Body, " b"...)
+	assert.Equal(t, `{"id":1} a`, string(a), "another reader's append wrote over this one")
+	assert.Equal(t, `{"id":1} b`, string(b))
+	assert.Equal(t, rec.Body, e.decode().Body, "the record reads back unchanged")
+}

@@ -314,3 +314,55 @@ func TestSpec22_SlowRenewalsDoNotQueue(t *testing.T) {
 	assert.Equal(t, http.StatusCreated, recv(t, first).status)
 	assert.LessOrEqual(t, stuck.extends.Load()-before, int32(2), "renewals queued behind the stuck ones")
 }
+
+// suffixStore is a store decorator that adds a line to each replayed body,
+// as a signature or a trailer would: it appends to the Body of the record
+// the store returned. The first replay writes its answer only once the
+// second one has appended its own line.
+type suffixStore struct {
+	idem.Store
+	replays              atomic.Int32
+	appended1, appended2 chan struct{}
+}
+
+func (s *suffixStore) Acquire(ctx context.Context, key string, claim *idem.Record, lease time.Duration) (string, *idem.Record, error) {
+	token, held, err := s.Store.Acquire(ctx, key, claim, lease)
+	if err != nil || held == nil || held.State != idem.Completed {
+		return token, held, err
+	}
+	n := s.replays.Add(1)
+	signed := *held
+	signed.Body = append(held.Body, fmt.Sprintf("\nreplay %d", n)...)
+	switch n {
+	case 1:
+		close(s.appended1)
+		<-s.appended2
+	case 2:
+		close(s.appended2)
+	}
+	return token, &signed, nil
+}
+
+// TestSpec27_ConcurrentReplaysDoNotShareBodyBytes: two replays of one
+// record from a MemoryStore, each extended by a decorator, each get their
+// own body: the record's body has no spare capacity for one append to
+// write into and the other to overwrite.
+func TestSpec27_ConcurrentReplaysDoNotShareBodyBytes(t *testing.T) {
+	store := &suffixStore{Store: idem.NewMemoryStore(), appended1: make(chan struct{}), appended2: make(chan struct{})}
+	h := storeHarness{name: "suffix", new: func(*testing.T) (idem.Store, func(time.Duration)) { return store, nil }}
+	a := newApp(t, h)
+	first := a.do(post("/things", key1, "x"))
+	require.Equal(t, http.StatusCreated, first.status)
+	replay1 := a.async(post("/things", key1, "x"))
+	select {
+	case <-store.appended1:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first replay did not reach the store")
+	}
+	replay2 := a.doBounded(post("/things", key1, "x"))
+	r1 := recv(t, replay1)
+	assert.Equal(t, first.body+"\nreplay 1", r1.body, "the second replay's line overwrote the first's")
+	assert.Equal(t, first.body+"\nreplay 2", replay2.body)
+	assert.True(t, r1.replayed() && replay2.replayed())
+	assert.Equal(t, int32(1), a.calls.Load())
+}
