@@ -366,3 +366,30 @@ func TestSpec27_ConcurrentReplaysDoNotShareBodyBytes(t *testing.T) {
 	assert.True(t, r1.replayed() && replay2.replayed())
 	assert.Equal(t, int32(1), a.calls.Load())
 }
+
+// TestSpec26_LostLeaseSaysTheLeaseMayHaveExpired: a lease that ran out
+// while nobody took the key (the store's clock moved past it, as in an
+// outage longer than the lease) is reported as lost_lease with
+// ErrNotOwner, whose text does not claim that another request took it.
+func TestSpec26_LostLeaseSaysTheLeaseMayHaveExpired(t *testing.T) {
+	var cs *countingStore
+	ev := newEvents()
+	a := newApp(t, counted(memoryHarness(), &cs), idem.WithLease(300*time.Millisecond), idem.WithEventHook(ev.hook))
+	refused := make(chan struct{}, 100)
+	cs.onExtend = func() { refused <- struct{}{} }
+	first := a.async(post("/slow", key1, "x"))
+	a.waitEntered(1)
+	a.advance(time.Minute) // the store's clock passes the lease before the first renewal
+	select {
+	case <-refused: // the renewal found the lease expired
+	case <-time.After(10 * time.Second):
+		t.Fatal("no renewal reached the store")
+	}
+	a.open()
+	recv(t, first)
+	lost := ev.waitFor(t, idem.EventLostLease)
+	require.ErrorIs(t, lost.Err, idem.ErrNotOwner)
+	assert.Contains(t, lost.Err.Error(), "expired")
+	assert.NotContains(t, lost.Err.Error(), "lost to another request")
+	assert.False(t, a.do(post("/slow", key1, "x")).replayed(), "nothing was stored")
+}
