@@ -4,12 +4,14 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -392,4 +394,84 @@ func TestSpec26_LostLeaseSaysTheLeaseMayHaveExpired(t *testing.T) {
 	assert.Contains(t, lost.Err.Error(), "expired")
 	assert.NotContains(t, lost.Err.Error(), "lost to another request")
 	assert.False(t, a.do(post("/slow", key1, "x")).replayed(), "nothing was stored")
+}
+
+// waitForKey waits for an event of kind for the store key key, skipping
+// the others.
+func (e *events) waitForKey(t *testing.T, kind idem.EventKind, key string) idem.Event {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case ev := <-e.ch:
+			if ev.Kind == kind && ev.Key == key {
+				return ev
+			}
+		case <-deadline:
+			t.Fatalf("no %s event for %s", kind, key)
+			return idem.Event{}
+		}
+	}
+}
+
+// TestSpec22_NoGoroutineLeakAfterRedisBackgroundWork: with Redis stalled
+// (SIGSTOP), one request's completion times out and is retried in the
+// background, and another's acquisition times out and is left to the
+// store's orphan releases. Once Redis is back, both finish: the completion
+// lands and the orphan is released. Once the service, the client and the
+// server are closed, no goroutine is left behind.
+func TestSpec22_NoGoroutineLeakAfterRedisBackgroundWork(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	t.Run("background completion and orphan release", func(t *testing.T) {
+		srv := startRedisServer(t) // skips without redis-server: stalling needs a real one
+		client := newRedisClient(t, srv.addr)
+		store := idem.NewRedisStore(client, idem.WithRedisLocalCache(0, 0))
+		var runs, arrived atomic.Int32
+		gate := make(chan struct{})
+		ev := newEvents()
+		svc := newOrderService(t, store, &runs, &arrived, gate, idem.WithStoreTimeout(200*time.Millisecond),
+			idem.WithCircuitBreaker(0, 0), idem.WithEventHook(ev.hook), idem.WithLogger(slog.New(slog.DiscardHandler)))
+		hc := newHTTPClient(t)
+		completed, orphaned := uuid.NewString(), uuid.NewString()
+		completedKey, orphanedKey := eventKey(t, completed), eventKey(t, orphaned)
+		post := func(key string) <-chan redisResp {
+			ch := make(chan redisResp, 1)
+			go func() { ch <- postOrder(hc, svc.srv, key) }()
+			return ch
+		}
+		warm := post(uuid.NewString()) // a connection and loaded scripts
+		gate <- struct{}{}
+		require.Equal(t, http.StatusCreated, recvRedis(t, warm).status)
+
+		first := post(completed)
+		ev.waitForKey(t, idem.EventAcquired, completedKey)
+		pid := redisPID(t, client)
+		require.NoError(t, syscall.Kill(pid, syscall.SIGSTOP))
+		stalled := true
+		t.Cleanup(func() {
+			if stalled {
+				_ = syscall.Kill(pid, syscall.SIGCONT)
+			}
+		})
+		assert.Equal(t, http.StatusServiceUnavailable, recvRedis(t, post(orphaned)).status,
+			"the acquisition timed out; it may still run when Redis wakes")
+		gate <- struct{}{}
+		assert.Equal(t, http.StatusCreated, recvRedis(t, first).status, "the first client gets its answer")
+		ev.waitForKey(t, idem.EventStoreError, completedKey) // the completion goes on in the background
+		require.NoError(t, syscall.Kill(pid, syscall.SIGCONT))
+		stalled = false
+
+		ev.waitForKey(t, idem.EventCompleted, completedKey)
+		ctx := storeCtx(t)
+		require.EventuallyWithT(t, func(c *assert.CollectT) {
+			n, err := client.Exists(ctx, "idem:{"+orphanedKey+"}").Result()
+			assert.NoError(c, err)
+			assert.Zero(c, n, "the orphaned acquisition is released")
+		}, 10*time.Second, 20*time.Millisecond)
+		assert.True(t, postOrder(hc, svc.srv, completed).replayed())
+		retry := post(orphaned)
+		gate <- struct{}{}
+		assert.Equal(t, http.StatusCreated, recvRedis(t, retry).status)
+		assert.Equal(t, int32(3), runs.Load(), "each key ran once")
+	})
 }
