@@ -13,8 +13,13 @@ func (s *RedisStore) redisKey(key string) string {
 }
 
 // Cached implements [CachingStore]: the completed record for key in this
-// instance's local cache, or nil.
+// instance's local cache, or the record of a completion of key that the
+// middleware is still retrying on this instance (even with the cache off),
+// or nil.
 func (s *RedisStore) Cached(key string) *Record {
+	if held := s.pendingAnswer(key); held != nil {
+		return held
+	}
 	if s.cache == nil {
 		return nil
 	}
@@ -23,7 +28,8 @@ func (s *RedisStore) Cached(key string) *Record {
 
 // Delete implements [Store]: one round trip, a DEL of the record's key,
 // whatever it holds. It also drops the record from this instance's local
-// cache; other instances that cached it may replay it until it leaves
+// cache and a completion of it still pending here (which lands if it is
+// retried after the DEL, the key then holding nothing); other instances that cached it may replay it until it leaves
 // their caches, at most a minute by default (see
 // [WithRedisLocalCacheMaxAge]).
 func (s *RedisStore) Delete(ctx context.Context, key string) error {
@@ -36,6 +42,7 @@ func (s *RedisStore) Delete(ctx context.Context, key string) error {
 		// again from Redis in between. Dropped even when the DEL failed.
 		s.cache.forget(key)
 	}
+	s.forgetAnswer(key)
 	if err != nil {
 		return fmt.Errorf("idempotency: redis delete: %w", err)
 	}

@@ -10,14 +10,17 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// orphans are this store's acquisitions that failed on their deadline but
-// may still have reached Redis: a stalled server (a failover, a paused or
-// swapped-out process) runs the queued script when it wakes, and the key is
-// then held for a whole lease by a token nobody will complete. Each orphan
-// is released with its token as soon as Redis answers again, so that a key
-// that got 503 is free again within a second of the store's return
-// (SPEC 22). A retry of the same key on this process takes over the orphan
-// in the same round trip as its own acquisition.
+// orphans are in-flight records of this store that nobody will complete:
+// acquisitions that failed on their deadline but may still have reached
+// Redis (a stalled server, a failover, a paused or swapped-out process runs
+// the queued script when it wakes), and releases that Redis did not
+// confirm (a 5xx, a panic or an answer not kept, while Redis was down; the
+// middleware hands them over with queueRelease). Either would hold the key
+// for a whole lease. Each orphan is released with its token as soon as
+// Redis answers again, so that a key that got 503 or 5xx is free again
+// within a second of the store's return (SPEC 22). A retry of the same key
+// on this process takes over the orphan in the same round trip as its own
+// acquisition.
 //
 // Releases run from a timer, armed only while orphans are pending: there is
 // no goroutine to stop, and an orphan is forgotten once its lease is over.
@@ -52,17 +55,17 @@ func maybeApplied(err error) bool {
 	return err != nil && !errors.As(err, &reply)
 }
 
-// add remembers an acquisition that may have reached Redis, and arms the
-// release timer.
-func (s *RedisStore) addOrphan(key string, token redisToken, until time.Time) {
+// addOrphan remembers an in-flight record to release, and arms the
+// release timer. It reports false when its bounds are reached.
+func (s *RedisStore) addOrphan(key string, token redisToken, until time.Time) bool {
 	o := &s.orphans
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.pending == nil {
 		o.pending = make(map[string][]orphan)
 	}
-	if len(o.pending) >= maxOrphans || len(o.pending[key]) >= maxOrphansPerKey {
-		return
+	if (len(o.pending) >= maxOrphans && o.pending[key] == nil) || len(o.pending[key]) >= maxOrphansPerKey {
+		return false
 	}
 	o.pending[key] = append(o.pending[key], orphan{token, until})
 	o.any.Store(true)
@@ -74,20 +77,21 @@ func (s *RedisStore) addOrphan(key string, token redisToken, until time.Time) {
 			o.timer.Reset(o.pause)
 		}
 	}
+	return true
 }
 
 // takeOrphan removes and returns one pending orphan of key, for an
 // acquisition of the same key to take over.
-func (s *RedisStore) takeOrphan(key string) (redisToken, bool) {
+func (s *RedisStore) takeOrphan(key string) (orphan, bool) {
 	o := &s.orphans
 	if !o.any.Load() {
-		return redisToken{}, false
+		return orphan{}, false
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	list := o.pending[key]
 	if len(list) == 0 {
-		return redisToken{}, false
+		return orphan{}, false
 	}
 	taken := list[len(list)-1]
 	if len(list) == 1 {
@@ -96,11 +100,13 @@ func (s *RedisStore) takeOrphan(key string) (redisToken, bool) {
 	} else {
 		o.pending[key] = list[:len(list)-1]
 	}
-	return taken.token, true
+	return taken, true
 }
 
 // releaseOrphans releases the pending orphans, one script each, until Redis
-// fails again; then it re-arms the timer with a longer pause.
+// fails again (an error, or an error reply such as LOADING while a
+// restarted server reads its AOF); then it re-arms the timer with a longer
+// pause.
 func (s *RedisStore) releaseOrphans() {
 	o := &s.orphans
 	o.mu.Lock()
@@ -128,7 +134,7 @@ func (s *RedisStore) releaseOrphans() {
 		if errors.Is(err, redis.ErrClosed) {
 			break // the client is closed: nothing more can be released
 		}
-		if maybeApplied(err) {
+		if err != nil {
 			for _, rest := range jobs[i:] {
 				s.requeueOrphan(rest.key, rest.orphan)
 			}
@@ -148,13 +154,11 @@ func (s *RedisStore) releaseOrphans() {
 	}
 }
 
+// requeueOrphan puts back an orphan whose release did not happen, unless
+// its lease is over. It arms the timer when it is not.
 func (s *RedisStore) requeueOrphan(key string, x orphan) {
-	o := &s.orphans
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if len(o.pending[key]) < maxOrphansPerKey {
-		o.pending[key] = append(o.pending[key], x)
-		o.any.Store(true)
+	if time.Now().Before(x.until) {
+		s.addOrphan(key, x.token, x.until)
 	}
 }
 

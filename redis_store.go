@@ -24,8 +24,10 @@ import (
 //
 // A RedisStore is safe for concurrent use; it does not own the client and
 // never closes it. Besides its configuration it holds a bounded local cache
-// of completed records and the acquisitions that timed out, which it
-// releases when Redis answers again.
+// of completed records, the acquisitions that timed out and the releases
+// that failed, which it releases when Redis answers again, and the
+// completions the middleware still retries, which it replays to a retry on
+// this process.
 type RedisStore struct {
 	client  redis.UniversalClient
 	prefix  string
@@ -35,7 +37,8 @@ type RedisStore struct {
 	// cache bounds, read when the store is built
 	cacheEntries int
 	cacheBytes   int64
-	orphans      orphans // timed-out acquisitions to release
+	orphans      orphans // timed-out acquisitions and failed releases to release
+	answers      answers // completions still retried, for a retry on this process
 	cacheMaxAge  time.Duration
 	waitReplicas int // WAIT for this many replicas after Acquire and Complete; 0: no WAIT
 	waitTimeout  time.Duration
@@ -110,10 +113,8 @@ func (s *RedisStore) Acquire(ctx context.Context, key string, claim *Record, lea
 	if err := ctx.Err(); err != nil {
 		return "", nil, err
 	}
-	if s.cache != nil {
-		if held := s.cache.peek(key); held != nil {
-			return "", held, nil
-		}
+	if held := s.Cached(key); held != nil {
+		return "", held, nil
 	}
 	var inFlight Record
 	if claim != nil {
@@ -127,18 +128,17 @@ func (s *RedisStore) Acquire(ctx context.Context, key string, claim *Record, lea
 	orphanHead := ""
 	orphan, hasOrphan := s.takeOrphan(key)
 	if hasOrphan {
-		orphanHead = ownerHead(orphan)
+		orphanHead = ownerHead(orphan.token)
 	}
 	start := s.now() // before Redis reads the PTTL: start+PTTL is never past the real expiry
 	cmd, replicated := s.runScript(ctx, acquireScript, key, value, millis(lease), s.maxSize, orphanHead)
 	reply, err := cmd.Slice()
 	if err != nil {
+		if hasOrphan { // still to release, whether Redis answered or not
+			s.requeueOrphan(key, orphan)
+		}
 		if maybeApplied(err) {
-			until := time.Now().Add(2 * lease) // the script may run late, when a stalled Redis wakes
-			if hasOrphan {
-				s.addOrphan(key, orphan, until)
-			}
-			s.addOrphan(key, token, until)
+			s.addOrphan(key, token, time.Now().Add(2*lease)) // the script may run late, when a stalled Redis wakes
 		}
 		return "", nil, fmt.Errorf("idempotency: redis acquire: %w", err)
 	}
@@ -177,17 +177,20 @@ func (s *RedisStore) Acquire(ctx context.Context, key string, claim *Record, lea
 	return "", nil, fmt.Errorf("idempotency: redis acquire: unexpected reply %.100v", reply)
 }
 
-// completeScript replaces the in-flight record owned by a token.
+// completeScript stores the completed record of a token: over the
+// in-flight record the token owns, or under a key that holds nothing, as
+// when that in-flight record expired during an outage longer than the
+// lease and no other request took the key meanwhile (SPEC 23).
 // KEYS[1] is the record key; ARGV[1] the owner's record head (version,
 // InFlight, token), ARGV[2] the completed record, ARGV[3] its ttl in ms,
 // ARGV[4] the head of the record this token completed. Replies 1 when
 // stored, 2 when this very record is already stored by this token (a retry
-// after a lost reply, or to wait for replicas again), 0 when the token owns
-// neither
+// after a lost reply, or to wait for replicas again), 0 when the key holds
+// anything else: another token's record, or another record of this token
 // (pcall: a key of another type is simply not owned).
 var completeScript = redis.NewScript(`
 local head = redis.pcall('GETRANGE', KEYS[1], 0, #ARGV[1] - 1)
-if head == ARGV[1] then
+if head == ARGV[1] or (head == '' and redis.call('EXISTS', KEYS[1]) == 0) then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   return 1
 end
@@ -197,7 +200,12 @@ end
 return 0
 `)
 
-// Complete implements [Store]: one round trip. A record that would exceed
+// Complete implements [Store]: one round trip. Unlike the other stores'
+// fencing, it also stores the record when the key holds nothing: the
+// token's in-flight record expired (an outage longer than the lease) and
+// nobody took the key, so the request that ran is still the only one.
+// It returns [ErrNotOwner] when the key holds another token's record. A
+// record that would exceed
 // the maximum record size is stored without its body (see
 // [WithRedisMaxRecordSize]). So is a record with more than 64 headers, 256
 // header values or 64 KiB of header names and values, or with an invalid or
@@ -211,17 +219,9 @@ func (s *RedisStore) Complete(ctx context.Context, key, token string, rec *Recor
 	if !ok {
 		return ErrNotOwner
 	}
-	stored := rec
-	if !wire.HeaderWithinBounds(rec.Header) {
-		stored = withoutBody(rec, wire.LocationOnly(rec.Header)) // rather than a value Acquire refuses
-	}
-	value := encodeRecord(Completed, owner, stored)
-	if len(value) > s.maxSize && !stored.BodyOmitted {
-		stored = withoutBody(stored, stored.Header)
-		value = encodeRecord(Completed, owner, stored)
-	}
-	if len(value) > s.maxSize {
-		return fmt.Errorf("idempotency: redis complete: record of %d bytes without body exceeds the maximum record size %d", len(value), s.maxSize)
+	stored, value, err := s.completedValue(owner, rec)
+	if err != nil {
+		return err
 	}
 	start := s.now()
 	cmd, replicated := s.runScript(ctx, completeScript, key, ownerHead(owner), value, millis(ttl), completedHead(owner))
@@ -240,6 +240,24 @@ func (s *RedisStore) Complete(ctx context.Context, key, token string, rec *Recor
 		s.cacheRecord(key, &kept, start)
 	}
 	return nil
+}
+
+// completedValue returns the record Complete stores for rec, and its
+// encoding.
+func (s *RedisStore) completedValue(owner redisToken, rec *Record) (*Record, []byte, error) {
+	stored := rec
+	if !wire.HeaderWithinBounds(rec.Header) {
+		stored = withoutBody(rec, wire.LocationOnly(rec.Header)) // rather than a value Acquire refuses
+	}
+	value := encodeRecord(Completed, owner, stored)
+	if len(value) > s.maxSize && !stored.BodyOmitted {
+		stored = withoutBody(stored, stored.Header)
+		value = encodeRecord(Completed, owner, stored)
+	}
+	if len(value) > s.maxSize {
+		return nil, nil, fmt.Errorf("idempotency: redis complete: record of %d bytes without body exceeds the maximum record size %d", len(value), s.maxSize)
+	}
+	return stored, value, nil
 }
 
 // releaseScript deletes the in-flight record owned by a token.

@@ -82,15 +82,20 @@ func validRecord(rec *Record) bool {
 
 // complete stores the response under the key. The first attempt is made
 // before the client is answered. When the store refuses it or does not
-// confirm it in time (a failover's write pause, an out-of-memory answer),
-// the attempts go on in the background, with the lease still renewed,
-// until one succeeds or the lease is surely lost: a handler that finished
-// never runs again because one write was briefly refused (SPEC 23).
+// confirm it in time (a failover's write pause, an out-of-memory answer,
+// an outage), the attempts go on in the background, with the lease still
+// renewed, until one succeeds, another request holds the key, or the retry
+// limit passes: a handler that finished never runs again because one write
+// was briefly refused (SPEC 23). Meanwhile a store that keeps pending
+// answers gives this one to a retry on this process.
 func (m *middleware) complete(c *gin.Context, f *flight, token string, status int) {
 	out := f.rec.result(&f.claim)
 	if m.tryComplete(c.Request.Context(), f, token, out, status, true) { // storeCtx detaches the call
 		m.leases.stop(&f.lease)
 		return
+	}
+	if p, ok := m.store.(pendingKeeper); ok {
+		p.completing(f.key, token, out, m.ttl)
 	}
 	go m.completeLater(context.WithoutCancel(c.Request.Context()), f, token, out, status)
 }
@@ -119,20 +124,35 @@ func (m *middleware) tryComplete(ctx context.Context, f *flight, token string, o
 
 // completeRetryLimit bounds the background attempts of one completion, in
 // leases: a store that refuses writes for longer (a full Redis whose leases
-// can still be renewed) gets the key back when its lease ends.
+// can still be renewed) gets the key back, released as the completion
+// gives up.
 const completeRetryLimit = 10
 
-// completeLater retries a completion with backoff while the lease holds.
-// It ends within completeRetryLimit leases, and stops the lease.
+// errCompletionAbandoned is the error of the lost-lease event of a
+// completion that the store refused until the retry limit.
+var errCompletionAbandoned = errors.New("idempotency: the store refused the completion until the retry limit; the key is released")
+
+// completeLater retries a completion with backoff. A lease that could not
+// be renewed is no reason to stop: a store that was down for longer than
+// the lease still takes the record if nobody else took the key meanwhile,
+// and only the store can tell (ErrNotOwner). It ends within
+// completeRetryLimit leases, and stops the lease.
 func (m *middleware) completeLater(ctx context.Context, f *flight, token string, out *Record, status int) {
+	if p, ok := m.store.(pendingKeeper); ok {
+		defer p.settled(f.key, token)
+	}
 	defer m.leases.stop(&f.lease)
 	giveUp := time.Now().Add(completeRetryLimit * m.lease)
 	pause := 50 * time.Millisecond
 	for {
 		wait := time.NewTimer(pause)
 		<-wait.C
-		if m.leases.surelyLost(&f.lease) || time.Now().After(giveUp) {
-			m.emit(ctx, f, EventLostLease, status, ErrNotOwner)
+		if time.Now().After(giveUp) {
+			m.leases.stop(&f.lease)
+			m.emit(ctx, f, EventLostLease, status, errCompletionAbandoned)
+			if !m.tryRelease(ctx, f, token, status, false) {
+				m.releaseLater(ctx, f, token, status)
+			}
 			return
 		}
 		if m.tryComplete(ctx, f, token, out, status, false) {
@@ -142,18 +162,14 @@ func (m *middleware) completeLater(ctx context.Context, f *flight, token string,
 	}
 }
 
+// release deletes the in-flight record, so that a retry runs again. A
+// release the store does not confirm (a 5xx answered while it is down) is
+// retried in the background until the store answers or the lease is
+// surely over: the key is never locked for a whole lease by work that is
+// not running (SPEC 22).
 func (m *middleware) release(c *gin.Context, f *flight, token string, status int) {
-	ctx, cancel := m.storeCtx(c.Request.Context())
-	defer cancel()
-	start := time.Now()
-	err := m.store.Release(ctx, f.key, token)
-	f.call = storeCall{StoreRelease, time.Since(start)}
-	switch {
-	case errors.Is(err, ErrNotOwner):
-		m.emit(c.Request.Context(), f, EventLostLease, status, err)
-	case err != nil:
-		m.emit(c.Request.Context(), f, EventStoreError, status, err)
-	default:
-		m.emit(c.Request.Context(), f, EventReleased, status, nil)
+	if m.tryRelease(c.Request.Context(), f, token, status, true) {
+		return
 	}
+	m.releaseLater(context.WithoutCancel(c.Request.Context()), f, token, status)
 }
