@@ -1,0 +1,278 @@
+package idempotency_test
+
+import (
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	idem "github.com/ginidem/idempotency"
+)
+
+// Redis stopped and restarted under a running service, with the outage
+// outlasting the work in flight: a release or a completion that Redis
+// could not confirm is retried until it answers (SPEC 22, 23).
+
+// aofRedis is a redis-server that writes every command to its append-only
+// file before answering (appendfsync always), so that a restart loses
+// nothing: an in-flight record comes back with the expiry it had, as on a
+// production Redis with AOF. It is stopped when the test ends.
+type aofRedis struct {
+	addr string
+	port int
+	dir  string
+
+	mu    sync.Mutex
+	cmd   *exec.Cmd
+	guard *os.File // write end of the watchdog's stdin
+}
+
+func startAOFRedis(t *testing.T) *aofRedis {
+	t.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		t.Skip("redis-server is not on PATH: this test stops and restarts a real Redis")
+	}
+	port, err := freePort()
+	require.NoError(t, err)
+	s := &aofRedis{addr: "127.0.0.1:" + strconv.Itoa(port), port: port, dir: t.TempDir()}
+	require.NoError(t, s.Start())
+	t.Cleanup(s.Stop)
+	return s
+}
+
+// Start starts the server, or starts it again after Stop on the same port
+// and files, and waits until it answers PING.
+func (s *aofRedis) Start() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, w, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	logFile := filepath.Join(s.dir, "redis.log")
+	cmd := exec.Command("sh", "-c", watchdog, "sh", "",
+		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "yes", "--appendfsync", "always", "--daemonize", "no",
+		"--dir", s.dir, "--logfile", logFile)
+	cmd.Stdin = r
+	if err := cmd.Start(); err != nil {
+		r.Close()
+		w.Close()
+		return err
+	}
+	r.Close()
+	s.cmd, s.guard = cmd, w
+	if err := waitForPing(s.addr, 10*time.Second); err != nil {
+		logged, _ := os.ReadFile(logFile)
+		return fmt.Errorf("redis-server on %s: %w\n%s", s.addr, err, logged)
+	}
+	return nil
+}
+
+// Stop stops the server; it may be started again.
+func (s *aofRedis) Stop() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return
+	}
+	_ = s.guard.Close()
+	_ = s.cmd.Wait()
+	s.cmd, s.guard = nil, nil
+}
+
+// outageService is one process of a service on a Redis store of its own:
+// POST /orders counts its runs in runs (shared by the processes of a
+// test), waits for gate when the test holds one open, and answers status.
+type outageService struct {
+	srv    *httptest.Server
+	status atomic.Int32
+}
+
+func newOutageService(t *testing.T, store idem.Store, runs *atomic.Int32, gate <-chan struct{}, opts ...idem.Option) *outageService {
+	t.Helper()
+	s := &outageService{}
+	s.status.Store(http.StatusCreated)
+	r := gin.New()
+	r.Use(idem.New(append([]idem.Option{idem.WithStore(store), idem.WithCircuitBreaker(0, 0),
+		idem.WithLogger(slog.New(slog.DiscardHandler))}, opts...)...))
+	r.POST("/orders", func(c *gin.Context) {
+		n := runs.Add(1)
+		if gate != nil {
+			<-gate
+		}
+		c.Header("Location", fmt.Sprintf("/orders/%d", n))
+		c.JSON(int(s.status.Load()), gin.H{"id": n})
+	})
+	s.srv = httptest.NewServer(r)
+	t.Cleanup(s.srv.Close)
+	return s
+}
+
+// outlast waits until the outage that began at down has lasted longer
+// than lease: the in-flight record, renewed at the latest when Redis
+// stopped, has then expired. This sets the outage's length, the condition
+// under test; it synchronises nothing.
+func outlast(down time.Time, lease time.Duration) {
+	<-time.After(time.Until(down.Add(lease + lease/2)))
+}
+
+// TestSpec22_ReleaseFailedDuringAnOutageIsRetried: the handler answers
+// 500 while Redis is stopped, so its release fails. Redis restarts with
+// its AOF, the in-flight record (a 30 s lease) with it; the release is
+// retried as soon as Redis answers, so the key is free within seconds for
+// every process, instead of 409 for the rest of the lease.
+func TestSpec22_ReleaseFailedDuringAnOutageIsRetried(t *testing.T) {
+	srv := startAOFRedis(t)
+	var runs atomic.Int32
+	gate := make(chan struct{})
+	ev := newEvents()
+	opts := []idem.Option{idem.WithStoreTimeout(200 * time.Millisecond), idem.WithLease(30 * time.Second)}
+	a := newOutageService(t, idem.NewRedisStore(newRedisClient(t, srv.addr)), &runs, gate,
+		append(opts, idem.WithEventHook(ev.hook))...)
+	b := newOutageService(t, idem.NewRedisStore(newRedisClient(t, srv.addr)), &runs, nil, opts...)
+	a.status.Store(http.StatusInternalServerError)
+	hc := newHTTPClient(t)
+
+	first := make(chan redisResp, 1)
+	go func() { first <- postOrder(hc, a.srv, redisHTTPKey) }()
+	ev.waitFor(t, idem.EventAcquired)
+	srv.Stop()
+	close(gate)
+	assert.Equal(t, http.StatusInternalServerError, recvRedis(t, first).status)
+	ev.waitFor(t, idem.EventStoreError) // the release failed
+	require.NoError(t, srv.Start())
+
+	admin := newRedisClient(t, srv.addr)
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		n, err := admin.Exists(storeCtx(t), "idem:{"+eventKey(t, redisHTTPKey)+"}").Result()
+		assert.NoError(c, err)
+		assert.Zero(c, n, "the in-flight record is released")
+	}, 5*time.Second, 20*time.Millisecond, "the failed release is retried once Redis answers, not left for the 30 s lease")
+	retry := postOrder(hc, b.srv, redisHTTPKey)
+	assert.Equal(t, http.StatusCreated, retry.status, "another process's retry runs")
+	assert.Equal(t, int32(2), runs.Load())
+}
+
+// TestSpec22_RetryTakesOverAPendingRelease: a retry on the process whose
+// release failed, sent as soon as Redis is back, runs at once: its
+// acquisition takes the orphaned in-flight record over.
+func TestSpec22_RetryTakesOverAPendingRelease(t *testing.T) {
+	srv := startAOFRedis(t)
+	var runs atomic.Int32
+	gate := make(chan struct{}, 1)
+	ev := newEvents()
+	a := newOutageService(t, idem.NewRedisStore(newRedisClient(t, srv.addr)), &runs, gate,
+		idem.WithStoreTimeout(200*time.Millisecond), idem.WithLease(30*time.Second), idem.WithEventHook(ev.hook))
+	a.status.Store(http.StatusServiceUnavailable)
+	hc := newHTTPClient(t)
+
+	first := make(chan redisResp, 1)
+	go func() { first <- postOrder(hc, a.srv, redisHTTPKey) }()
+	ev.waitFor(t, idem.EventAcquired)
+	srv.Stop()
+	gate <- struct{}{}
+	assert.Equal(t, http.StatusServiceUnavailable, recvRedis(t, first).status)
+	ev.waitFor(t, idem.EventStoreError)
+	require.NoError(t, srv.Start())
+
+	a.status.Store(http.StatusCreated)
+	gate <- struct{}{}
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.Equal(c, http.StatusCreated, postOrder(hc, a.srv, redisHTTPKey).status)
+	}, 5*time.Second, 20*time.Millisecond, "the retry runs, not 409 for the 30 s lease")
+	assert.Equal(t, int32(2), runs.Load())
+}
+
+// TestSpec23_CompletionLandsAfterAnOutageLongerThanTheLease: Redis stops
+// before the handler finishes and stays down past the end of the 1 s
+// lease, so the in-flight record is gone when it restarts. Nobody took
+// the key meanwhile, so the completion still lands: another process's
+// retry gets the replay, and the handler ran once.
+func TestSpec23_CompletionLandsAfterAnOutageLongerThanTheLease(t *testing.T) {
+	const lease = time.Second
+	srv := startAOFRedis(t)
+	var runs atomic.Int32
+	gate := make(chan struct{})
+	ev := newEvents()
+	opts := []idem.Option{idem.WithStoreTimeout(200 * time.Millisecond), idem.WithLease(lease)}
+	a := newOutageService(t, idem.NewRedisStore(newRedisClient(t, srv.addr)), &runs, gate,
+		append(opts, idem.WithEventHook(ev.hook))...)
+	b := newOutageService(t, idem.NewRedisStore(newRedisClient(t, srv.addr)), &runs, nil, opts...)
+	hc := newHTTPClient(t)
+
+	first := make(chan redisResp, 1)
+	go func() { first <- postOrder(hc, a.srv, redisHTTPKey) }()
+	ev.waitFor(t, idem.EventAcquired)
+	srv.Stop()
+	down := time.Now()
+	close(gate)
+	answer := recvRedis(t, first)
+	require.Equal(t, http.StatusCreated, answer.status, "the first client gets its answer")
+	ev.waitFor(t, idem.EventStoreError) // the first completion attempt failed
+	outlast(down, lease)
+	require.NoError(t, srv.Start())
+
+	ev.waitFor(t, idem.EventCompleted)
+	assert.NotContains(t, ev.kinds(), idem.EventLostLease)
+	retry := postOrder(hc, b.srv, redisHTTPKey)
+	assert.Equal(t, http.StatusCreated, retry.status)
+	assert.True(t, retry.replayed(), "the retry gets the replay, marked Idempotent-Replayed")
+	assert.Equal(t, answer.body, retry.body)
+	assert.Equal(t, int32(1), runs.Load(), "the handler ran once")
+}
+
+// TestSpec23_RetryWhileTheCompletionIsPendingGetsItsAnswer: while Redis is
+// down, before and after the lease ends, a retry on the process whose
+// completion is pending gets that answer as a replay, not 503 or a second
+// run; once Redis is back, the completion lands.
+func TestSpec23_RetryWhileTheCompletionIsPendingGetsItsAnswer(t *testing.T) {
+	const lease = time.Second
+	srv := startAOFRedis(t)
+	var runs atomic.Int32
+	gate := make(chan struct{})
+	ev := newEvents()
+	opts := []idem.Option{idem.WithStoreTimeout(200 * time.Millisecond), idem.WithLease(lease)}
+	a := newOutageService(t, idem.NewRedisStore(newRedisClient(t, srv.addr)), &runs, gate,
+		append(opts, idem.WithEventHook(ev.hook))...)
+	b := newOutageService(t, idem.NewRedisStore(newRedisClient(t, srv.addr), idem.WithRedisLocalCache(0, 0)), &runs, nil, opts...)
+	hc := newHTTPClient(t)
+
+	first := make(chan redisResp, 1)
+	go func() { first <- postOrder(hc, a.srv, redisHTTPKey) }()
+	ev.waitFor(t, idem.EventAcquired)
+	srv.Stop()
+	down := time.Now()
+	close(gate)
+	answer := recvRedis(t, first)
+	require.Equal(t, http.StatusCreated, answer.status)
+	ev.waitFor(t, idem.EventStoreError)
+
+	pending := postOrder(hc, a.srv, redisHTTPKey)
+	assert.Equal(t, http.StatusCreated, pending.status, "the pending answer, not 503: %s", pending.body)
+	assert.True(t, pending.replayed())
+	assert.Equal(t, answer.body, pending.body)
+	outlast(down, lease)
+	late := postOrder(hc, a.srv, redisHTTPKey)
+	assert.True(t, late.replayed(), "still the pending answer after the lease: %d %s", late.status, late.body)
+	assert.Equal(t, answer.body, late.body)
+
+	require.NoError(t, srv.Start())
+	ev.waitFor(t, idem.EventCompleted)
+	elsewhere := postOrder(hc, b.srv, redisHTTPKey)
+	assert.True(t, elsewhere.replayed(), "the completion landed in Redis")
+	assert.Equal(t, answer.body, elsewhere.body)
+	assert.Equal(t, int32(1), runs.Load(), "the handler ran once")
+}
