@@ -28,13 +28,15 @@ func (m *middleware) acquire(c *gin.Context, f *flight) (string, *Record, error)
 		deadline = time.Now().Add(m.waitInFlight)
 	}
 	pause := 10 * time.Millisecond
+	var call breakerCall
+	defer call.abandon() // a store that panics never holds the breaker's probe slot
 	for {
 		if m.cache != nil {
 			if held := m.cache.Cached(f.key); held != nil {
 				return "", held, nil // no network call: nothing for the breaker to count
 			}
 		}
-		done, ok := m.breaker.allow()
+		ok := m.breaker.admit(&call)
 		m.breaker.report(m)
 		if !ok {
 			return "", nil, ErrCircuitOpen
@@ -44,7 +46,7 @@ func (m *middleware) acquire(c *gin.Context, f *flight) (string, *Record, error)
 		token, held, err := m.store.Acquire(ctx, f.key, &f.claim, m.lease)
 		f.call = storeCall{StoreAcquire, time.Since(start)}
 		cancel()
-		done(err)
+		call.end(err)
 		m.breaker.report(m)
 		if err == nil && held != nil && !validRecord(held) {
 			err = errors.New("idempotency: store returned an invalid record")
