@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -275,4 +276,38 @@ func TestSpec23_RetryWhileTheCompletionIsPendingGetsItsAnswer(t *testing.T) {
 	assert.True(t, elsewhere.replayed(), "the completion landed in Redis")
 	assert.Equal(t, answer.body, elsewhere.body)
 	assert.Equal(t, int32(1), runs.Load(), "the handler ran once")
+}
+
+// TestSpec23_RedisCompletionLandsWhenTheKeyHoldsNothing: the complete
+// script stores a token's record over its in-flight record or under a key
+// that holds nothing (its lease expired and nobody took the key), and
+// refuses it when another token's record holds the key.
+func TestSpec23_RedisCompletionLandsWhenTheKeyHoldsNothing(t *testing.T) {
+	forEachRedis(t, func(t *testing.T, client redis.UniversalClient, prefix string, advance func(time.Duration)) {
+		ctx := storeCtx(t)
+		s := idem.NewRedisStore(client, idem.WithRedisKeyPrefix(prefix), idem.WithRedisLocalCache(0, 0))
+		const lease = time.Minute
+		expired, _, err := s.Acquire(ctx, "expired", testClaim, lease)
+		require.NoError(t, err)
+		taken, _, err := s.Acquire(ctx, "taken", testClaim, lease)
+		require.NoError(t, err)
+		advance(lease + time.Second)
+		require.ErrorIs(t, s.Extend(ctx, "expired", expired, lease), idem.ErrNotOwner, "the lease is over")
+
+		require.NoError(t, s.Complete(ctx, "expired", expired, completed(201, `{"id":1}`), time.Hour), "nobody took the key")
+		_, held, err := s.Acquire(ctx, "expired", testClaim, lease)
+		require.NoError(t, err)
+		require.NotNil(t, held)
+		assert.Equal(t, idem.Completed, held.State)
+		assert.Equal(t, `{"id":1}`, string(held.Body))
+
+		other, held, err := s.Acquire(ctx, "taken", testClaim, lease)
+		require.NoError(t, err)
+		require.Nil(t, held)
+		assert.ErrorIs(t, s.Complete(ctx, "taken", taken, completed(201, `{"id":2}`), time.Hour), idem.ErrNotOwner,
+			"another request holds the key")
+		require.NoError(t, s.Complete(ctx, "taken", other, completed(201, `{"id":3}`), time.Hour))
+		assert.ErrorIs(t, s.Complete(ctx, "taken", taken, completed(201, `{"id":2}`), time.Hour), idem.ErrNotOwner,
+			"another request's record holds the key")
+	})
 }
