@@ -5,6 +5,8 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -126,18 +128,28 @@ func TestSpec31_Transactions(t *testing.T) {
 		store := newStore()
 		store.commitGate, store.inCommit = make(chan struct{}), make(chan struct{}, 1)
 		s := txService(t, store)
-		answer := make(chan resp, 1)
-		go func() { answer <- s.send(s.client, "/orders", key1, "x", auth) }()
-		<-store.inCommit
+		// The engine writes into a recorder, which the test reads while the
+		// server goroutine waits in Commit: nothing may have reached it.
+		w := httptest.NewRecorder()
+		req := httptest.NewRequest(http.MethodPost, "/orders", strings.NewReader("x"))
+		req.Header.Set("Idempotency-Key", key1)
+		req.Header.Set("Authorization", "Bearer u")
+		served := make(chan struct{})
+		go func() {
+			defer close(served)
+			s.srv.Config.Handler.ServeHTTP(w, req)
+		}()
 		select {
-		case r := <-answer:
-			t.Fatalf("answered before the commit: %d", r.status)
-		default:
+		case <-store.inCommit:
+		case <-served:
+			t.Fatalf("answered without a commit: %d", w.Code)
 		}
+		assert.Zero(t, w.Body.Len(), "no byte of the body before the commit")
+		assert.Equal(t, http.StatusOK, w.Code, "no status written before the commit (the recorder's default)")
 		close(store.commitGate)
-		r := recv(t, answer)
-		assert.Equal(t, http.StatusCreated, r.status)
-		assert.Equal(t, "created", r.body)
+		<-served
+		assert.Equal(t, http.StatusCreated, w.Code)
+		assert.Equal(t, "created", w.Body.String())
 		assert.Equal(t, []string{"order"}, store.committed())
 		replay := s.send(s.client, "/orders", key1, "x", auth)
 		assert.True(t, replay.replayed())

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -334,9 +336,9 @@ func TestSpec31_LostLeaseAtCommitRollsBack(t *testing.T) {
 }
 
 // TestSpec31_AnswerOnlyAfterCommit: the client receives nothing until the
-// record and the handler's writes have committed: when the answer arrives,
-// both are visible to every connection. A store wrapper holds the commit
-// until the test has seen that nothing was answered yet.
+// record and the handler's writes have committed. A store wrapper holds the
+// commit while the test looks at what the response writer has received:
+// nothing, neither the status nor a byte of the body.
 func TestSpec31_AnswerOnlyAfterCommit(t *testing.T) {
 	db := pgtest.NewDB(t)
 	db.Exec(t, ordersSchema)
@@ -344,22 +346,27 @@ func TestSpec31_AnswerOnlyAfterCommit(t *testing.T) {
 	store := &gatedStore{Store: newStore(t, db), inCommit: inCommit, release: release}
 	var runs atomic.Int32
 	var hadTx atomic.Bool
-	url := serve(t, newEngine(db, store, &runs, &hadTx)).URL + "/orders"
-	answer := async(url, key1, `{"item":"book"}`)
+	engine := newEngine(db, store, &runs, &hadTx)
+	w := httptest.NewRecorder()
+	req := httptest.NewRequest(http.MethodPost, "/orders", strings.NewReader(`{"item":"book"}`))
+	req.Header.Set("Idempotency-Key", key1)
+	req.Header.Set("Authorization", defaultAuth)
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		engine.ServeHTTP(w, req)
+	}()
 	select {
-	case <-inCommit:
-	case <-time.After(30 * time.Second):
-		t.Fatalf("the middleware did not commit (pgstore.Tx set: %v)", hadTx.Load())
+	case <-inCommit: // the server goroutine waits in Commit: w is still until release
+	case <-served:
+		t.Fatalf("answered without a commit (pgstore.Tx set: %v): %d %s", hadTx.Load(), w.Code, w.Body)
 	}
-	select {
-	case r := <-answer:
-		t.Fatalf("answered before the commit: %d %s", r.status, r.body)
-	case <-time.After(100 * time.Millisecond): // a bounded look for an early answer
-	}
+	assert.Zero(t, w.Body.Len(), "no byte of the body before the commit")
+	assert.Equal(t, http.StatusOK, w.Code, "no status written before the commit (the recorder's default)")
 	assert.Equal(t, 0, db.Count(t, "orders"), "not committed yet")
 	close(release)
-	res := recv(t, answer)
-	require.Equal(t, http.StatusCreated, res.status, res.body)
+	<-served
+	require.Equal(t, http.StatusCreated, w.Code, w.Body.String())
 	assert.Equal(t, 1, db.Count(t, "orders"))
 	var state int
 	require.NoError(t, db.Pool.QueryRow(context.Background(), "SELECT state FROM idempotency_records").Scan(&state))
