@@ -41,7 +41,7 @@ func (m *middleware) acquire(c *gin.Context, f *flight) (string, *Record, error)
 		if !ok {
 			return "", nil, ErrCircuitOpen
 		}
-		ctx, cancel := m.storeCtx(c.Request.Context())
+		ctx, cancel := m.acquireCtx(c.Request.Context()) // a TxStore may first queue on the pool
 		start := time.Now()
 		token, held, err := m.store.Acquire(ctx, f.key, &f.claim, m.lease)
 		f.call = storeCall{StoreAcquire, time.Since(start)}
