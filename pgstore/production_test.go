@@ -402,3 +402,42 @@ func TestSpec31_AResponseOverTheCapCommitsThenStreams(t *testing.T) {
 	assert.Equal(t, "/exports/1", dup.header.Get("Location"))
 	assert.Equal(t, int32(1), runs.Load())
 }
+
+// TestSpec22_AnAcquisitionQueuesOnABusyPool: every connection of the pool
+// is busy for longer than the store timeout when a keyed request arrives.
+// Its acquisition waits for a connection with the request's own context,
+// as an unkeyed request's statement would, and then succeeds: the store
+// timeout counts from the end of the wait.
+func TestSpec22_AnAcquisitionQueuesOnABusyPool(t *testing.T) {
+	db := pgtest.NewDB(t, pgtest.MaxConns(2))
+	db.Exec(t, ordersSchema)
+	store := newStore(t, db)
+	var runs atomic.Int32
+	const storeTimeout = 100 * time.Millisecond
+	r := gin.New()
+	r.POST("/orders", idem.New(idem.WithStore(store), idem.WithStoreTimeout(storeTimeout)),
+		orderHandler(db.Pool, &runs, nil))
+	url := serve(t, r).URL + "/orders"
+
+	ctx := context.Background()
+	var busy []*pgxpool.Conn
+	for range 2 {
+		conn, err := db.Pool.Acquire(ctx)
+		require.NoError(t, err)
+		busy = append(busy, conn)
+	}
+	waited := db.Pool.Stat().EmptyAcquireWaitTime()
+	answer := async(url, key1, "{}")
+	require.Eventually(t, func() bool { return db.Pool.Stat().EmptyAcquireCount() > 0 }, 10*time.Second, time.Millisecond,
+		"the acquisition waits for a connection")
+	// The pool stays busy for five store timeouts, then frees up.
+	time.AfterFunc(5*storeTimeout, func() {
+		for _, conn := range busy {
+			conn.Release()
+		}
+	})
+	res := recv(t, answer)
+	require.Equal(t, http.StatusCreated, res.status, res.body)
+	assert.Greater(t, db.Pool.Stat().EmptyAcquireWaitTime()-waited, storeTimeout, "it waited past the store timeout")
+	assert.Equal(t, int32(1), runs.Load())
+}
