@@ -151,7 +151,8 @@ func newStatements(table string) statements {
 // $1 key, $2 new token, $3 fingerprint, $4 method, $5 path, $6 lease,
 // $7 shift of the database's clock, $8 the largest body read, $9 the
 // largest fingerprint, method, path and header read, together.
-// $10 the key's advisory lock (lockID).
+// $10 the key's advisory lock (lockID), $11 the token of an orphaned
+// acquisition of this process to take over, or NULL.
 // It reads before it writes: a key held by a live row (a replay, a
 // conflict) costs a read, with no row lock and no transaction id, so no
 // WAL flush at its commit. An in-flight row whose lease has expired is
@@ -176,7 +177,8 @@ held AS (
         SELECT size, size <= $9 AS ok FROM (SELECT (octet_length(r.fingerprint) + octet_length(r.method) +
             octet_length(r.path) + coalesce(octet_length(r.header), 0))::bigint AS size) sized
     ) m
-    WHERE r.key = $1::text AND (r.expires_at > clock.t OR (r.state = 1 AND NOT pg_try_advisory_xact_lock($10::bigint)))
+    WHERE r.key = $1::text AND r.token IS DISTINCT FROM $11::uuid
+        AND (r.expires_at > clock.t OR (r.state = 1 AND NOT pg_try_advisory_xact_lock($10::bigint)))
 ),
 acquired AS (
     INSERT INTO {t} AS r (key, state, token, fingerprint, method, path, status, header, body, body_omitted, expires_at, created_at)
@@ -186,7 +188,7 @@ acquired AS (
         state = 1, token = excluded.token, fingerprint = excluded.fingerprint, method = excluded.method,
         path = excluded.path, status = 0, header = NULL, body = NULL, body_omitted = false,
         expires_at = excluded.expires_at, created_at = excluded.created_at
-    WHERE r.expires_at <= excluded.created_at AND (r.state <> 1 OR pg_try_advisory_xact_lock($10::bigint))
+    WHERE r.token = $11::uuid OR (r.expires_at <= excluded.created_at AND (r.state <> 1 OR pg_try_advisory_xact_lock($10::bigint)))
     RETURNING 1
 )
 SELECT true, 0::smallint, NULL::uuid, NULL::bytea, ''::text, ''::text, 0, NULL::bytea, 0::bigint,
