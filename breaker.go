@@ -106,18 +106,6 @@ type breakerCall struct {
 	done func(error) // gobreaker's, until the outcome is recorded
 }
 
-// allow reports whether a store call may go ahead; done records its
-// outcome. A call that panics never records one, so prefer admit.
-//
-// TODO(issue 18): remove once acquire uses admit.
-func (b *breaker) allow() (done func(error), ok bool) {
-	if b == nil {
-		return func(error) {}, true
-	}
-	done, err := b.cb.Allow()
-	return done, err == nil
-}
-
 // admit reports whether a store call may go ahead; call.end records its
 // outcome. A nil breaker admits every call and records nothing.
 func (b *breaker) admit(call *breakerCall) bool {
