@@ -21,15 +21,19 @@ type waitKey struct{}
 // own work: the request's context and the store timeout.
 type waitInfo struct {
 	request context.Context
-	timeout time.Duration
+	bound   time.Duration // the longest wait
+	timeout time.Duration // the store timeout
 }
 
 // Wait lets a store wait for a local resource, such as a connection of the
 // application's pool, as the request's own work would: bounded by the
-// request's context, not by the store timeout (SPEC 22). It calls wait with
+// request's context, and at most one lease, not by the store timeout
+// (SPEC 22). It calls wait with
 // that context, then returns the context for the store call that follows,
 // whose timeout starts once the wait is over; call cancel when the call is
-// done. When wait fails, the error wraps [ErrPoolWait].
+// done. When the request ends while it waits, the error wraps
+// [ErrPoolWait]; any other error of wait is returned as it is, a store
+// failure.
 //
 // Outside an acquisition by the middleware, wait gets ctx itself, and the
 // call keeps ctx's deadline.
@@ -43,10 +47,15 @@ func Wait(ctx context.Context, wait func(context.Context) error) (context.Contex
 	w, queued := ctx.Value(waitKey{}).(*waitInfo)
 	waitCtx := ctx
 	if queued {
-		waitCtx = w.request
+		var cancel context.CancelFunc
+		waitCtx, cancel = context.WithTimeout(w.request, w.bound)
+		defer cancel()
 	}
 	if err := wait(waitCtx); err != nil {
-		return nil, nil, fmt.Errorf("%w: %w", ErrPoolWait, err)
+		if queued && waitCtx.Err() != nil { // the request ended while it queued
+			return nil, nil, fmt.Errorf("%w: %w", ErrPoolWait, err)
+		}
+		return nil, nil, err
 	}
 	if !queued {
 		return ctx, func() {}, nil
@@ -57,11 +66,12 @@ func Wait(ctx context.Context, wait func(context.Context) error) (context.Contex
 
 // acquireCtx is the context of an acquisition: the store timeout, and for
 // a store that may first wait for the application's pool (a [TxStore]),
-// the request's own context to wait with (see [Wait]).
+// the request's own context to wait with, for at most a lease (see
+// [Wait]).
 func (m *middleware) acquireCtx(req context.Context) (context.Context, context.CancelFunc) {
 	ctx, cancel := m.storeCtx(req)
 	if m.txStore == nil {
 		return ctx, cancel
 	}
-	return context.WithValue(ctx, waitKey{}, &waitInfo{request: req, timeout: m.storeTimeout}), cancel
+	return context.WithValue(ctx, waitKey{}, &waitInfo{request: req, bound: m.lease, timeout: m.storeTimeout}), cancel
 }

@@ -68,8 +68,12 @@ func (s *Store) Acquire(ctx context.Context, key string, claim *idempotency.Reco
 	// Waiting for a connection is queueing, bounded by the request's own
 	// context; the store timeout starts once the wait is over.
 	var conn *pgxpool.Conn
-	ctx, cancel, err := idempotency.Wait(ctx, func(ctx context.Context) (err error) {
-		conn, err = s.pool.Acquire(ctx)
+	call := ctx
+	ctx, cancel, err := idempotency.Wait(ctx, func(wait context.Context) (err error) {
+		if st := s.pool.Stat(); st.TotalConns() < st.MaxConns() {
+			wait = call // a new connection: talking to Postgres, bounded by the store timeout
+		}
+		conn, err = s.pool.Acquire(wait)
 		return err
 	})
 	if err != nil {
