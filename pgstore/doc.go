@@ -31,7 +31,17 @@
 // (it gets the committed response again), and no client is told of a
 // success that rolled back (a failed commit is answered with a problem and
 // the key is released, so the retry runs again). The response of such a
-// request is buffered until the commit, never streamed.
+// request is held until the commit, up to the middleware's response cap;
+// a larger one commits first, then streams, and is kept without a body.
+//
+// The transaction opens at the handler's first statement through [Tx], on
+// a connection of the pool that it holds until the commit, and it holds
+// the key by an advisory lock, so the lease needs no renewal meanwhile. At
+// most all but one of the pool's connections hold request transactions at
+// once (see [WithMaxTransactions]), so the store's own statements and the
+// handler's reads through the pool always find one. A handler whose
+// statement failed (a unique violation) answers as usual: its writes are
+// rolled back and its answer is kept alone.
 //
 //	r.POST("/orders", idempotency.New(idempotency.WithStore(store), idempotency.RequireKey()),
 //		func(c *gin.Context) {
@@ -59,7 +69,8 @@
 //
 // Acquiring a key is one statement (INSERT ... ON CONFLICT ... RETURNING),
 // one round trip; so are Complete, Release, Extend and Delete. A
-// transactional request adds BEGIN, and its record is written by an UPDATE
+// transactional request adds BEGIN with the key's lock (one round trip, at
+// the handler's first statement), and its record is written by an UPDATE
 // and a COMMIT in the handler's transaction: four round trips besides the
 // handler's own statements, where a handler that runs without the
 // middleware and writes in autocommit makes one. A replay costs one round
