@@ -11,6 +11,7 @@
 #
 #   bench/load.sh                      # 3 rounds of 3 s per run, after 1 s of warm-up
 #   DURATION=5s ROUNDS=3 bench/load.sh
+#   STORES=postgres bench/load.sh      # only the rows of those stores
 #
 # For each store (memory, redis) and scenario (no key, new keys, replays, a
 # mix with 10% duplicates) it runs wrk (1 thread, 16 connections) against
@@ -20,7 +21,9 @@
 # (new keys, replays) run the example with -postgres: the requisitions live
 # in Postgres in both runs, and the middleware keeps its records there too
 # (pgstore, each create in the request's transaction), so the ratio is to
-# the same service without the middleware on the same database. A
+# the same service without the middleware on the same database. The burst
+# row is a burst larger than the pool: new keys from 24 connections on a
+# pool of 4, each create 20 ms slow (-latency) before its insert. A
 # throwaway server starts from empty tables for each run, with Postgres'
 # default durability (fsync on).
 set -euo pipefail
@@ -91,7 +94,11 @@ start_example() {
   args=(-addr "127.0.0.1:$port" -idempotency="$2")
   [ "$1" = redis ] && args+=(-redis "$redis_url")
   if [ "$1" = postgres ]; then
-    args+=(-postgres "$pg_url")
+    if [ "${3:-}" = burst ]; then # a pool of 4 under 24 connections, each create 20 ms slow
+      args+=(-postgres "$pg_admin&pool_max_conns=4" -latency 20ms)
+    else
+      args+=(-postgres "$pg_url")
+    fi
     if [ -n "$pg_data" ]; then # a throwaway server: each run starts from empty tables
       "$pg_bin/psql" -qX "$pg_admin" -c 'SET client_min_messages = warning; DROP TABLE IF EXISTS requisitions, idempotency_records' >/dev/null
     fi
@@ -110,8 +117,10 @@ run() {
   curl -s -o /dev/null -X POST "$url/api/requisitions" -H 'Authorization: Bearer alice' \
     -H 'Content-Type: application/json' -H "Idempotency-Key: $key" \
     -d '{"program":"Family Planning","facility":"Comfort Health Clinic"}'
-  BENCH_KEY=$key wrk -t1 -c"$CONNS" -d"$WARMUP" -s "bench/$1.lua" "$url" >/dev/null
-  out=$(BENCH_KEY=$key wrk -t1 -c"$CONNS" -d"$DURATION" --latency -s "bench/$1.lua" "$url")
+  local script=$1 conns=$CONNS
+  [ "$1" = burst ] && script=newkey conns=24
+  BENCH_KEY=$key wrk -t1 -c"$conns" -d"$WARMUP" -s "bench/$script.lua" "$url" >/dev/null
+  out=$(BENCH_KEY=$key wrk -t1 -c"$conns" -d"$DURATION" --latency -s "bench/$script.lua" "$url")
   echo "$out" | awk '
     function ms(v) { # wrk prints 485.00us, 1.09ms or 1.20s
       if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v
@@ -124,16 +133,22 @@ run() {
 
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
+if [ -n "${STORES:-}" ]; then # e.g. STORES=postgres: only those rows
+  wanted=()
+  for store in "${stores[@]}"; do [[ " $STORES " == *" $store "* ]] && wanted+=("$store"); done
+  stores=("${wanted[@]}")
+fi
+
 echo "machine: $(nproc) cores, $(uname -m), $(go version | cut -d' ' -f3); wrk -t1 -c$CONNS -d$DURATION, median of $ROUNDS rounds"
 printf '%-8s %-8s %12s %9s %9s %12s %9s %7s\n' store scenario "on req/s" "p50 ms" "p99 ms" "off req/s" "p50 ms" ratio
 for store in "${stores[@]}"; do
   scenarios=(nokey newkey replay mix)
-  [ "$store" = postgres ] && scenarios=(newkey replay)
+  [ "$store" = postgres ] && scenarios=(newkey replay burst)
   for scenario in "${scenarios[@]}"; do
     : >"$work/on"; : >"$work/off"
     for _ in $(seq 1 "$ROUNDS"); do
       for on in true false; do
-        start_example "$store" "$on"
+        start_example "$store" "$on" "$scenario"
         run "$scenario" >>"$work/$([ "$on" = true ] && echo on || echo off)"
         kill "$example_pid"; wait "$example_pid" 2>/dev/null || true
       done
