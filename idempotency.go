@@ -293,10 +293,9 @@ func (m *middleware) run(c *gin.Context, f *flight, mark *requestMark, token str
 		m.endWithout(c, f, token, http.StatusInternalServerError)
 	case f.rec.wroteNothing() || !m.keep(status):
 		m.endWithout(c, f, token, status)
-	case m.leases.lost(&f.lease):
-		m.leases.stop(&f.lease)
-		m.emit(c.Request.Context(), f, EventLostLease, status, ErrNotOwner)
 	default:
+		// Even a lease that could not be renewed: the store's fenced
+		// completion tells whether another request took the key (SPEC 23).
 		m.complete(c, f, token, status) // stops the lease when the record is stored
 	}
 }

@@ -21,13 +21,15 @@ func (s *MemoryStore) live(key string, now time.Time) *memoryEntry {
 	return e
 }
 
-// owned returns the live in-flight entry for key held by token.
-func (s *MemoryStore) owned(key, token string, now time.Time) *memoryEntry {
-	e := s.live(key, now)
+// owned returns the in-flight entry for key held by token, live or not:
+// an expired one is left in place, since its completion still lands while
+// nobody took the key (SPEC 23); live says whether its lease still runs.
+func (s *MemoryStore) owned(key, token string, now time.Time) (e *memoryEntry, live bool) {
+	e = s.records[key]
 	if e == nil || e.state != InFlight || !e.ownedBy(token) {
-		return nil
+		return nil, false
 	}
-	return e
+	return e, now.Before(e.expiresAt)
 }
 
 // put adds e to the map and to the ring of its state.

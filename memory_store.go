@@ -142,7 +142,9 @@ func (s *MemoryStore) Complete(ctx context.Context, key, token string, rec *Reco
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now()
-	e := s.owned(key, token, now)
+	// An in-flight record whose lease ran out while nobody took the key is
+	// still this token's: its answer lands (SPEC 23).
+	e, _ := s.owned(key, token, now)
 	if e == nil {
 		return ErrNotOwner
 	}
@@ -167,7 +169,7 @@ func (s *MemoryStore) Release(ctx context.Context, key, token string) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	e := s.owned(key, token, s.now())
+	e, _ := s.owned(key, token, s.now())
 	if e == nil {
 		return ErrNotOwner
 	}
@@ -183,8 +185,8 @@ func (s *MemoryStore) Extend(ctx context.Context, key, token string, lease time.
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now()
-	e := s.owned(key, token, now)
-	if e == nil {
+	e, live := s.owned(key, token, now)
+	if !live { // a lease that ran out is not renewed
 		return ErrNotOwner
 	}
 	e.expiresAt = now.Add(lease)

@@ -2,7 +2,6 @@ package idempotency_test
 
 import (
 	"context"
-	"net/http"
 	"testing"
 	"time"
 
@@ -37,16 +36,4 @@ func postgresHarnesses() []storeHarness {
 		{name: "postgres", tx: true, new: build()},
 		{name: "postgres-nocache", tx: true, new: build(pgstore.WithLocalCache(0, 0))},
 	}
-}
-
-// staleOwnerStatus is the answer of a request whose handler finished after
-// its lease was lost, in the shared suites' routes: the handler's own 201,
-// unrecorded, or on a TxStore 503, because the transaction that held the
-// handler's writes rolled back with the record it could not write
-// (SPEC 31: no client is told of a success that rolled back).
-func staleOwnerStatus(h storeHarness) int {
-	if h.tx {
-		return http.StatusServiceUnavailable
-	}
-	return http.StatusCreated
 }

@@ -22,8 +22,8 @@ type storeHarness struct {
 	new  func(t *testing.T) (store idem.Store, advance func(time.Duration))
 	// tx: the store is an idem.TxStore, so keyed requests run in a
 	// transaction and their responses are held until it commits. A case
-	// whose answer differs there by design asserts the TxStore's answer
-	// (see staleOwnerStatus); none is skipped.
+	// whose answer differs there by design asserts the TxStore's answer;
+	// none is skipped.
 	tx bool
 }
 
@@ -201,13 +201,30 @@ func TestStoreConformance(t *testing.T) {
 			require.NotNil(t, held)
 			assert.Equal(t, 201, held.Status)
 		}},
-		{"spec23/an expired lease that nobody took can no longer be completed", func(t *testing.T, s idem.Store, advance func(time.Duration)) {
+		{"spec23/an expired lease that nobody took is no longer renewed, but its completion lands", func(t *testing.T, s idem.Store, advance func(time.Duration)) {
 			ctx := storeCtx(t)
 			token, _, err := s.Acquire(ctx, "k", testClaim, lease)
 			require.NoError(t, err)
 			advance(lease + time.Second)
 			assert.ErrorIs(t, s.Extend(ctx, "k", token, lease), idem.ErrNotOwner)
+			require.NoError(t, s.Complete(ctx, "k", token, &idem.Record{State: idem.Completed, Fingerprint: testClaim.Fingerprint,
+				Method: testClaim.Method, Path: testClaim.Path, Status: 200}, ttl))
+			_, held, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			require.NotNil(t, held)
+			assert.Equal(t, idem.Completed, held.State)
+		}},
+		{"spec23/an expired lease that another request took cannot be completed", func(t *testing.T, s idem.Store, advance func(time.Duration)) {
+			ctx := storeCtx(t)
+			token, _, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			advance(lease + time.Second)
+			newer, held, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			require.Nil(t, held, "taken over")
 			assert.ErrorIs(t, s.Complete(ctx, "k", token, &idem.Record{State: idem.Completed, Status: 200}, ttl), idem.ErrNotOwner)
+			assert.ErrorIs(t, s.Release(ctx, "k", token), idem.ErrNotOwner)
+			require.NoError(t, s.Release(ctx, "k", newer))
 		}},
 		{"spec10/extend keeps the lease past its first end", func(t *testing.T, s idem.Store, advance func(time.Duration)) {
 			ctx := storeCtx(t)

@@ -72,11 +72,6 @@ func (m *middleware) settleTx(c *gin.Context, f *flight, t *txRun, token string,
 		}
 		m.releaseTx(c, f, t, token, status)
 		return true
-	case m.leases.lost(&f.lease):
-		m.rollback(ctx, t.tx)
-		m.leases.stop(&f.lease)
-		m.emit(ctx, f, EventLostLease, status, ErrNotOwner)
-		return false
 	case !begun(t.tx):
 		// The handler never used the transaction: the record is stored as on
 		// any store, its completion retried if the store is briefly away.
@@ -84,7 +79,9 @@ func (m *middleware) settleTx(c *gin.Context, f *flight, t *txRun, token string,
 		m.complete(c, f, token, status)
 		return true
 	}
-	m.leases.stop(&f.lease) // the transaction's lock keeps the key until the commit
+	// The transaction's lock keeps the key until the commit, and the
+	// commit's fenced UPDATE tells whether another request took it.
+	m.leases.stop(&f.lease)
 	sctx, cancel := m.storeCtx(ctx)
 	start := time.Now()
 	err := t.tx.Commit(sctx, f.rec.result(&f.claim), m.ttl)

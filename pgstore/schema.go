@@ -214,11 +214,12 @@ WHERE key = $1 AND token = $2 AND (state = 1 OR
 // lease has expired. $1 key, $2 token.
 const releaseSQL = `DELETE FROM {t} WHERE key = $1 AND token = $2 AND state = 1`
 
-// extendSQL renews the lease of the in-flight row owned by a token, whether
-// or not it has expired: no other request took it. $1 key, $2 token,
-// $3 lease, $4 shift of the database's clock.
+// extendSQL renews the live lease of the in-flight row owned by a token: a
+// lease that ran out is not renewed, as on every store (the completion
+// still lands while nobody took the key). $1 key, $2 token, $3 lease,
+// $4 shift of the database's clock.
 const extendSQL = `UPDATE {t} SET expires_at = statement_timestamp() + $4::interval + $3::interval
-WHERE key = $1 AND token = $2 AND state = 1`
+WHERE key = $1 AND token = $2 AND state = 1 AND expires_at > statement_timestamp() + $4::interval`
 
 // deleteSQL deletes the row of a key, whatever its state. $1 key.
 const deleteSQL = `DELETE FROM {t} WHERE key = $1`
