@@ -53,7 +53,6 @@ package idempotency
 import (
 	"bytes"
 	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -225,14 +224,8 @@ func (m *middleware) prepare(c *gin.Context, f *flight, key string) bool {
 		return false
 	}
 	f.claim.Fingerprint = fp
-	h.Reset()
-	h.WriteString(scope)
-	h.Sum(f.scope[:0])
-	h.Reset()
-	h.Write(f.scope[:])
-	h.WriteString(key)
 	var hexSum [2 * sha256.Size]byte
-	hex.Encode(hexSum[:], h.Sum(h.scratch[:0]))
+	f.scope = h.storeKey(scope, key, &hexSum)
 	f.key = string(hexSum[:])
 	return true
 }

@@ -22,6 +22,7 @@ type memoryEntry struct {
 	key       string
 	state     State
 	expiresAt time.Time
+	created   int64   // when the key was acquired, in Unix nanoseconds
 	blob      []byte  // the record, encoded by encodeMemoryRecord; never changed once set
 	decoded   *Record // the completed record, decoded on its first read, or nil
 	size      int64   // what the entry counts against the byte bound

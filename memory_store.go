@@ -127,6 +127,7 @@ func (s *MemoryStore) Acquire(ctx context.Context, key string, claim *Record, le
 	token := strconv.FormatUint(s.seq, 36)
 	e := newMemoryEntry(key, InFlight, token,
 		&Record{Fingerprint: claim.Fingerprint, Method: claim.Method, Path: claim.Path}, now.Add(lease))
+	e.created = now.UnixNano()
 	if !s.makeRoom(1, e.size, now, nil) {
 		return "", nil, ErrStoreFull
 	}
@@ -193,6 +194,22 @@ func (s *MemoryStore) Extend(ctx context.Context, key, token string, lease time.
 	return nil
 }
 
+// Get implements [Store].
+func (s *MemoryStore) Get(ctx context.Context, key string) (*Record, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := s.live(key, s.now())
+	if e == nil {
+		return nil, ErrNoRecord
+	}
+	rec := *s.read(e)
+	rec.CreatedAt = time.Unix(0, e.created)
+	return &rec, nil
+}
+
 // Delete implements [Store]: it removes the record for key, in flight or
 // completed. A request that still runs under the deleted record can no
 // longer complete, release or extend it.
@@ -200,7 +217,9 @@ func (s *MemoryStore) Delete(ctx context.Context, key string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	s.forget(key)
+	if !s.forget(key) {
+		return ErrNoRecord
+	}
 	return nil
 }
 
@@ -253,10 +272,12 @@ func (s *MemoryStore) keep(key string, rec *Record) {
 
 // forget removes the record for key, if any. It serves Delete and the Redis
 // store's local cache.
-func (s *MemoryStore) forget(key string) {
+func (s *MemoryStore) forget(key string) (found bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if e := s.records[key]; e != nil {
+	e := s.live(key, s.now())
+	if e != nil {
 		s.remove(e)
 	}
+	return e != nil
 }

@@ -48,6 +48,9 @@ type Record struct {
 	// ExpiresAt is the end of the lease (InFlight) or of the record's
 	// lifetime (Completed).
 	ExpiresAt time.Time
+	// CreatedAt is when the key was acquired, as [Store.Get] reports it
+	// (zero elsewhere).
+	CreatedAt time.Time
 }
 
 // ErrNotOwner is returned by [Store.Complete], [Store.Release] and
@@ -85,10 +88,15 @@ type Store interface {
 	// lease from now. It returns ErrNotOwner when token does not own the key.
 	Extend(ctx context.Context, key, token string, lease time.Duration) error
 
+	// Get returns the record for key, in flight or completed, for an
+	// operator (see [Lookup]); [ErrNoRecord] when there is none. It
+	// changes nothing.
+	Get(ctx context.Context, key string) (*Record, error)
+
 	// Delete removes the record for key, whatever its state, so that the
 	// next request with the key runs as new: an operator forgetting a key.
 	// The token of a deleted in-flight record no longer owns the key.
-	// Deleting a missing key is not an error.
+	// It returns [ErrNoRecord] when there was none (see [Forget]).
 	Delete(ctx context.Context, key string) error
 }
 

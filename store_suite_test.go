@@ -316,13 +316,39 @@ func TestStoreConformance(t *testing.T) {
 				"nor the new record")
 			require.NoError(t, s.Complete(ctx, "k", fresh, &idem.Record{State: idem.Completed, Status: 201}, ttl))
 		}},
-		{"spec29/deleting a missing key is no error", func(t *testing.T, s idem.Store, _ func(time.Duration)) {
+		{"spec29/deleting or getting a missing key says there is none", func(t *testing.T, s idem.Store, _ func(time.Duration)) {
 			ctx := storeCtx(t)
-			assert.NoError(t, s.Delete(ctx, "never"))
-			_, _, err := s.Acquire(ctx, "k", testClaim, lease)
+			assert.ErrorIs(t, s.Delete(ctx, "never"), idem.ErrNoRecord)
+			_, err := s.Get(ctx, "never")
+			assert.ErrorIs(t, err, idem.ErrNoRecord)
+			_, _, err = s.Acquire(ctx, "k", testClaim, lease)
 			require.NoError(t, err)
 			require.NoError(t, s.Delete(ctx, "k"))
-			assert.NoError(t, s.Delete(ctx, "k"), "twice")
+			assert.ErrorIs(t, s.Delete(ctx, "k"), idem.ErrNoRecord, "twice")
+			_, err = s.Get(ctx, "k")
+			assert.ErrorIs(t, err, idem.ErrNoRecord)
+		}},
+		{"spec29/get reads a record in flight and completed", func(t *testing.T, s idem.Store, advance func(time.Duration)) {
+			ctx := storeCtx(t)
+			token, _, err := s.Acquire(ctx, "k", testClaim, lease)
+			require.NoError(t, err)
+			rec, err := s.Get(ctx, "k")
+			require.NoError(t, err)
+			assert.Equal(t, idem.InFlight, rec.State)
+			assert.Equal(t, testClaim.Fingerprint, rec.Fingerprint)
+			assert.Equal(t, testClaim.Path, rec.Path)
+			assert.False(t, rec.ExpiresAt.IsZero(), "the end of its lease")
+			advance(time.Second)
+			require.NoError(t, s.Complete(ctx, "k", token, &idem.Record{State: idem.Completed, Fingerprint: testClaim.Fingerprint,
+				Method: testClaim.Method, Path: testClaim.Path, Status: http.StatusCreated, Body: []byte("made")}, ttl))
+			rec, err = s.Get(ctx, "k")
+			require.NoError(t, err)
+			assert.Equal(t, idem.Completed, rec.State)
+			assert.Equal(t, http.StatusCreated, rec.Status)
+			assert.Equal(t, "made", string(rec.Body))
+			if !rec.CreatedAt.IsZero() { // every store but Redis keeps it
+				assert.WithinDuration(t, rec.ExpiresAt.Add(-ttl-time.Second), rec.CreatedAt, 5*time.Second)
+			}
 		}},
 		{"spec22/a cancelled context is an error", func(t *testing.T, s idem.Store, _ func(time.Duration)) {
 			ctx, cancel := context.WithCancel(context.Background())

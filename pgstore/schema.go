@@ -131,7 +131,7 @@ func beginSQL(opts pgx.TxOptions) string {
 
 // statements are the store's SQL, built once by New for its table.
 type statements struct {
-	acquire, complete, release, extend, delete, sweep string
+	acquire, complete, release, extend, get, delete, sweep string
 }
 
 func newStatements(table string) statements {
@@ -141,6 +141,7 @@ func newStatements(table string) statements {
 		complete: r.Replace(completeSQL),
 		release:  r.Replace(releaseSQL),
 		extend:   r.Replace(extendSQL),
+		get:      r.Replace(getSQL),
 		delete:   r.Replace(deleteSQL),
 		sweep:    r.Replace(sweepSQL),
 	}
@@ -220,6 +221,24 @@ const releaseSQL = `DELETE FROM {t} WHERE key = $1 AND token = $2 AND state = 1`
 // $4 shift of the database's clock.
 const extendSQL = `UPDATE {t} SET expires_at = statement_timestamp() + $4::interval + $3::interval
 WHERE key = $1 AND token = $2 AND state = 1 AND expires_at > statement_timestamp() + $4::interval`
+
+// getSQL reads the row of a key for an operator: a live row, or an
+// in-flight row whose lease ran out (its request may still run, or have
+// died). $1 key, $2 shift of the database's clock, $3 the largest body
+// read, $4 the largest fingerprint, method, path and header read. Its
+// columns are the held row's of acquireSQL, then the statement's time and
+// created_at.
+const getSQL = `WITH clock AS (SELECT statement_timestamp() + $2::interval AS t)
+SELECT r.state, r.token, CASE WHEN m.ok THEN r.fingerprint END,
+    CASE WHEN m.ok THEN r.method ELSE '' END, CASE WHEN m.ok THEN r.path ELSE '' END,
+    r.status, CASE WHEN m.ok THEN r.header END, m.size,
+    CASE WHEN octet_length(r.body) <= $3 THEN r.body END, coalesce(octet_length(r.body), 0)::bigint,
+    r.body_omitted, r.expires_at, clock.t, r.created_at
+FROM {t} r CROSS JOIN clock CROSS JOIN LATERAL (
+    SELECT size, size <= $4 AS ok FROM (SELECT (octet_length(r.fingerprint) + octet_length(r.method) +
+        octet_length(r.path) + coalesce(octet_length(r.header), 0))::bigint AS size) sized
+) m
+WHERE r.key = $1::text AND (r.expires_at > clock.t OR r.state = 1)`
 
 // deleteSQL deletes the row of a key, whatever its state. $1 key.
 const deleteSQL = `DELETE FROM {t} WHERE key = $1`

@@ -2,6 +2,7 @@ package pgstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"sync"
@@ -233,6 +234,33 @@ func (s *Store) Extend(ctx context.Context, key, token string, lease time.Durati
 	return nil
 }
 
+// Get implements [idempotency.Store]: one round trip. An in-flight row
+// whose lease ran out is reported too, with its past expiry: its request
+// may still run (its transaction holding the key), or may have died.
+func (s *Store) Get(ctx context.Context, key string) (*idempotency.Record, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	start := s.now()
+	var r heldRow
+	var created time.Time
+	err := s.pool.QueryRow(ctx, s.sql.get, key, s.shift(), s.maxBody, maxMetaSize).
+		Scan(&r.state, &r.token, &r.fingerprint, &r.method, &r.path, &r.status, &r.header, &r.metaLen,
+			&r.body, &r.bodyLen, &r.bodyOmitted, &r.expiresAt, &r.dbNow, &created)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return nil, idempotency.ErrNoRecord
+	case err != nil:
+		return nil, fmt.Errorf("pgstore: get: %w", err)
+	}
+	rec, err := r.record(s.maxBody, start)
+	if err != nil {
+		return nil, err
+	}
+	rec.CreatedAt = start.Add(created.Sub(r.dbNow))
+	return rec, nil
+}
+
 // Delete implements [idempotency.Store]: one round trip, a DELETE of the
 // key's row whatever its state. It also drops the record from this
 // store's local cache; other processes that cached it may replay it until
@@ -241,14 +269,17 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	_, err := s.pool.Exec(ctx, s.sql.delete, key)
+	tag, err := s.pool.Exec(ctx, s.sql.delete, key)
 	if s.cache != nil {
 		// After the DELETE: dropped before it, the record could be cached
 		// again in between. Dropped even when the DELETE failed.
 		s.cache.forget(key)
 	}
-	if err != nil {
+	switch {
+	case err != nil:
 		return fmt.Errorf("pgstore: delete: %w", err)
+	case tag.RowsAffected() == 0:
+		return idempotency.ErrNoRecord
 	}
 	return nil
 }

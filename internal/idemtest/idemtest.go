@@ -72,6 +72,11 @@ func (s *FaultStore) Extend(ctx context.Context, key, token string, lease time.D
 // Delete implements idempotency.Store.
 func (s *FaultStore) Delete(ctx context.Context, key string) error { return s.inner.Delete(ctx, key) }
 
+// Get passes through.
+func (s *FaultStore) Get(ctx context.Context, key string) (*idempotency.Record, error) {
+	return s.inner.Get(ctx, key)
+}
+
 // Engine returns a Gin engine that runs mws on every request, matched or
 // not, and serves POST /orders/:id with handler. Gin reports the route of
 // a matched request as "/orders/:id".
