@@ -129,6 +129,8 @@ type flight struct {
 	lease leaseKeeper
 	mark  requestMark // the request's mark, when no outer middleware made one
 	call  storeCall   // the store call behind the next event
+	// noKeep: the handler asked that its answer not be kept (DoNotKeep).
+	noKeep bool
 }
 
 // storeCall is a store call, reported with the event that follows it.
@@ -141,6 +143,10 @@ func (m *middleware) handle(c *gin.Context) {
 	mark, mine := m.turn(c)
 	if !mine || !m.handles(c.Request.Method) {
 		c.Next() // an inner middleware handles the key, or an outer one did
+		return
+	}
+	if m.skip != nil && m.skip(c) {
+		c.Next() // WithSkip: as if the middleware were not there
 		return
 	}
 	key, err := readKey(c.Request.Header, m.keyHeaders, m.validate)
@@ -278,13 +284,14 @@ func (m *middleware) run(c *gin.Context, f *flight, mark *requestMark, token str
 	panicked = false
 	f.rec.finish()
 	c.Writer = out
+	f.noKeep = mark.noKeep
 	status := f.rec.Status()
 	switch {
 	case t != nil:
 		m.endTx(c, f, t, token, status)
 	case f.rec.broken:
 		m.endWithout(c, f, token, http.StatusInternalServerError)
-	case f.rec.wroteNothing() || !m.keep(status):
+	case f.noKeep || f.rec.wroteNothing() || !m.keep(status):
 		m.endWithout(c, f, token, status)
 	default:
 		// Even a lease that could not be renewed: the store's fenced

@@ -24,6 +24,7 @@ type requestMark struct {
 	key     string // the canonical key it handles
 	leased  bool   // the handler runs under the key's lease
 	tx      Tx     // the request's transaction on a TxStore, or nil
+	noKeep  bool   // the handler asked that its answer not be kept (DoNotKeep)
 }
 
 // markOf returns the request's mark, or nil. It reads c.Keys directly, as
@@ -51,6 +52,24 @@ func Key(c *gin.Context) (key string, leased, ok bool) {
 		return "", false, false
 	}
 	return mark.key, mark.leased, true
+}
+
+// DoNotKeep tells the middleware not to keep the handler's answer, whatever
+// its status: the key is released when the handler returns, and a retry
+// runs the handler again (SPEC 29). It is for answers that a status cannot
+// tell apart (see [WithKeep]), such as a 200 that reports a failure the
+// client may retry. On a transactional store the handler's writes are
+// rolled back with it. Call it before the answer outgrows the response cap:
+// a larger answer on a transactional store is committed when it does. It
+// does nothing on a request the middleware does not run under a key.
+//
+//	if result.Retryable {
+//		idempotency.DoNotKeep(c)
+//	}
+func DoNotKeep(c *gin.Context) {
+	if mark := markOf(c); mark != nil && mark.handled {
+		mark.noKeep = true
+	}
 }
 
 // chains remembers, per engine and route, how many idempotency middlewares

@@ -64,7 +64,7 @@ func (m *middleware) endTx(c *gin.Context, f *flight, t *txRun, token string, st
 func (m *middleware) settleTx(c *gin.Context, f *flight, t *txRun, token string, status int) bool {
 	ctx := context.WithoutCancel(c.Request.Context())
 	switch {
-	case f.rec.broken || f.rec.wroteNothing() || !m.keep(status):
+	case f.rec.broken || f.noKeep || f.rec.wroteNothing() || !m.keep(status):
 		if m.leases.stop(&f.lease) {
 			m.rollback(ctx, t.tx)
 			m.emit(ctx, f, EventLostLease, status, ErrNotOwner)

@@ -441,3 +441,33 @@ func TestSpec22_AnAcquisitionQueuesOnABusyPool(t *testing.T) {
 	assert.Greater(t, db.Pool.Stat().EmptyAcquireWaitTime()-waited, storeTimeout, "it waited past the store timeout")
 	assert.Equal(t, int32(1), runs.Load())
 }
+
+// TestSpec29_DoNotKeepRollsTheTransactionBack: a handler that writes
+// through the request's transaction and then asks that its answer not be
+// kept gets its answer sent, its writes rolled back and its key released:
+// the retry runs again.
+func TestSpec29_DoNotKeepRollsTheTransactionBack(t *testing.T) {
+	db := pgtest.NewDB(t)
+	db.Exec(t, ordersSchema)
+	store := newStore(t, db)
+	var runs atomic.Int32
+	r := gin.New()
+	r.POST("/orders", idem.New(idem.WithStore(store)), func(c *gin.Context) {
+		runs.Add(1)
+		if _, err := pgstore.Tx(c).Exec(c.Request.Context(), "INSERT INTO orders (item) VALUES ('x')"); err != nil {
+			c.String(http.StatusInternalServerError, "insert: %v", err)
+			return
+		}
+		idem.DoNotKeep(c)
+		c.String(http.StatusOK, "queue full, retry")
+	})
+	url := serve(t, r).URL + "/orders"
+	for range 2 {
+		res := send(url, key1, "{}")
+		require.Equal(t, http.StatusOK, res.status, res.body)
+		assert.False(t, res.replayed())
+	}
+	assert.Equal(t, int32(2), runs.Load())
+	assert.Equal(t, 0, db.Count(t, "orders"), "rolled back")
+	assert.Equal(t, 0, db.Count(t, "idempotency_records"), "released")
+}
