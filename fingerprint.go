@@ -8,7 +8,10 @@ import (
 	"errors"
 	"hash"
 	"io"
+	"maps"
 	"net/http"
+	"net/url"
+	"slices"
 	"strings"
 )
 
@@ -26,6 +29,37 @@ type FingerprintPart func(w io.Writer, r *http.Request, body []byte) error
 func QueryString() FingerprintPart {
 	return func(w io.Writer, r *http.Request, _ []byte) error {
 		writeString(w, r.URL.RawQuery)
+		return nil
+	}
+}
+
+// CanonicalQuery is the query string parsed (net/url), so that the order of
+// its parameters does not count: "?a=1&b=2" and "?b=2&a=1" are one
+// fingerprint. The values of a repeated parameter keep their order
+// ("?a=1&a=2" differs from "?a=2&a=1"), and percent-encoding is decoded
+// ("?q=a%20b", "?q=a+b" and "?q=a%20%62" are one), as Gin's c.Query reads
+// them; "?a" is "?a=". A query string that net/url cannot parse (a bad
+// percent escape, a semicolon) counts as sent, like [QueryString]. Use it in
+// place of QueryString:
+//
+//	idempotency.WithFingerprint(idempotency.CanonicalQuery(), idempotency.RawBody())
+func CanonicalQuery() FingerprintPart {
+	return func(w io.Writer, r *http.Request, _ []byte) error {
+		values, err := url.ParseQuery(r.URL.RawQuery)
+		if err != nil {
+			writeString(w, "raw")
+			writeString(w, r.URL.RawQuery)
+			return nil
+		}
+		writeString(w, "parsed")
+		writeLength(w, len(values))
+		for _, name := range slices.Sorted(maps.Keys(values)) {
+			writeString(w, name)
+			writeLength(w, len(values[name]))
+			for _, v := range values[name] {
+				writeString(w, v)
+			}
+		}
 		return nil
 	}
 }

@@ -3,6 +3,8 @@ package idempotency
 import (
 	"bytes"
 	"encoding/json"
+	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 )
@@ -71,6 +73,36 @@ func FuzzCanonicalJSON(f *testing.F) {
 		}
 		if !bytes.Equal(canonical.Bytes(), again.Bytes()) {
 			t.Fatalf("one value, two fingerprints:\n%q\n%q", canonical.Bytes(), again.Bytes())
+		}
+	})
+}
+
+// FuzzCanonicalQuery: the canonical query part never panics or fails, and
+// a query string net/url can parse has the fingerprint of its re-encoded
+// form, whose parameters are sorted and escaped anew (spec34, spec27).
+func FuzzCanonicalQuery(f *testing.F) {
+	for _, seed := range []string{
+		"a=1&b=2", "b=2&a=1", "a=1&a=2", "q=a+b&q=a%20b", "%61=%31", "a", "a=", "=x", "&&=&",
+		"a=%zz", "a=1;b=2", "", "e=%E2%82%AC&e=%ff", "a=1&b=2#frag",
+	} {
+		f.Add(seed)
+	}
+	part := CanonicalQuery()
+	fp := func(t *testing.T, raw string) []byte {
+		var b bytes.Buffer
+		if err := part(&b, &http.Request{URL: &url.URL{RawQuery: raw}}, nil); err != nil {
+			t.Fatalf("query %q: %v", raw, err)
+		}
+		return b.Bytes()
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		got := fp(t, raw)
+		values, err := url.ParseQuery(raw)
+		if err != nil {
+			return
+		}
+		if again := fp(t, values.Encode()); !bytes.Equal(got, again) {
+			t.Fatalf("%q and its re-encoded form %q differ:\n%q\n%q", raw, values.Encode(), got, again)
 		}
 	})
 }

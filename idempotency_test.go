@@ -112,19 +112,20 @@ var behaviours = []behaviour{
 		assert.True(t, same.replayed())
 		assert.Equal(t, int32(1), a.calls.Load())
 	}},
-	{"spec4/only UUID v4 by default, and the detail says so", func(t *testing.T, h storeHarness) {
+	{"spec4/a canonical UUID by default, and the detail says so", func(t *testing.T, h storeHarness) {
 		a := newApp(t, h)
 		for _, bad := range []string{
 			"order-42",
-			"6ba7b810-9dad-11d1-80b4-00c04fd430c8",   // v1
 			"{9b2f4b1e-0c1d-4f6a-8e2b-3c4d5e6f7a8b}", // braces form
 			"9b2f4b1e0c1d4f6a8e2b3c4d5e6f7a8b",       // no dashes
 		} {
 			r := a.do(post("/things", bad, "x"))
 			assert.Equal(t, http.StatusBadRequest, r.status, bad)
-			assert.Contains(t, r.problem(t).Detail, "UUID version 4")
+			assert.Contains(t, r.problem(t).Detail, "UUID (RFC 9562, any version")
 		}
 		assert.Zero(t, a.calls.Load())
+		// Every RFC 9562 version, v1 as v7: TestSpec4_DefaultAcceptsEveryUUIDVersion.
+		assert.Equal(t, http.StatusCreated, a.do(post("/things", "6ba7b810-9dad-11d1-80b4-00c04fd430c8", "x")).status, "v1")
 	}},
 	{"spec4/other validators", func(t *testing.T, h storeHarness) {
 		anyUUID := newApp(t, h, idem.WithKeyValidator(idem.KeyAnyUUID))

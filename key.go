@@ -14,8 +14,24 @@ import (
 // valid key looks like, and must not echo the key.
 type KeyValidator func(key string) error
 
-// KeyUUIDv4 accepts a UUID version 4 in its canonical 36-character form, in
-// either case: the draft's recommendation and the default.
+// KeyUUID accepts a UUID of any version RFC 9562 defines (1 to 8: v4, the
+// random one the draft recommends, v7, the time-ordered one RFC 9562
+// recommends for new identifiers, and the others), with the RFC 9562
+// variant, in its canonical form: 36 characters, 8-4-4-4-12 hexadecimal
+// digits, in either case. It refuses braces, a "urn:uuid:" prefix, the
+// 32-digit form without hyphens, and the Nil and Max UUIDs, which name no
+// request. It is the default.
+func KeyUUID(key string) error {
+	if u, ok := parseCanonicalUUID(key); ok && u.Variant() == uuid.RFC4122 && u.Version() >= 1 && u.Version() <= 8 {
+		return nil
+	}
+	return errors.New("the key must be a UUID (RFC 9562, any version, such as v4 or v7) in its 36-character form of 8-4-4-4-12 hexadecimal digits, such as \"0b0b2e0c-5f4c-4b7e-9a3d-2f1c6e8d9a10\"")
+}
+
+// KeyUUIDv4 accepts only a UUID version 4 in its canonical 36-character
+// form, in either case.
+//
+//	idempotency.WithKeyValidator(idempotency.KeyUUIDv4)
 func KeyUUIDv4(key string) error {
 	if u, ok := parseCanonicalUUID(key); ok && u.Version() == 4 && u.Variant() == uuid.RFC4122 {
 		return nil
@@ -23,8 +39,9 @@ func KeyUUIDv4(key string) error {
 	return errors.New("the key must be a UUID version 4, such as \"0b0b2e0c-5f4c-4b7e-9a3d-2f1c6e8d9a10\"")
 }
 
-// KeyAnyUUID accepts a UUID of any version in its canonical 36-character
-// form.
+// KeyAnyUUID accepts any UUID that google/uuid reads from its canonical
+// 36-character form: any version and variant, the Nil and Max UUIDs
+// included. [KeyUUID], the default, is stricter.
 func KeyAnyUUID(key string) error {
 	if _, ok := parseCanonicalUUID(key); ok {
 		return nil

@@ -27,7 +27,8 @@ var ErrStoreFull = errors.New("idempotency: memory store is full of in-flight re
 // store costs the garbage collector little.
 //
 // A MemoryStore shares keys only within one process; use a Redis store to
-// share them between replicas.
+// share them between replicas. Make one with [NewMemoryStore]: the zero
+// value has no clock and no bounds, and [WithStore] refuses it.
 type MemoryStore struct {
 	mu         sync.Mutex
 	records    map[string]*memoryEntry

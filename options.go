@@ -28,6 +28,7 @@ type config struct {
 	validate        KeyValidator
 	required        bool
 	methods         []string
+	skip            func(*gin.Context) bool // nil: no request is skipped
 	scope           func(*gin.Context) string
 	anonymous       bool
 	fingerprint     []FingerprintPart
@@ -43,6 +44,7 @@ type config struct {
 	breakerProbe    time.Duration
 	problem         ProblemWriter
 	onEvent         func(context.Context, Event)
+	noKeyInEvents   bool // WithoutKeyInEvents (event.go)
 	logger          *slog.Logger
 }
 
@@ -60,7 +62,7 @@ func defaultConfig() *config {
 		lease:           time.Minute,
 		storeTimeout:    time.Second,
 		keyHeaders:      []string{"Idempotency-Key"},
-		validate:        KeyUUIDv4,
+		validate:        KeyUUID,
 		methods:         []string{http.MethodPost, http.MethodPatch},
 		scope:           AuthorizationScope,
 		fingerprint:     []FingerprintPart{QueryString(), RawBody()},
@@ -90,10 +92,21 @@ func mustPositive[T int | int64 | time.Duration](name string, v T) {
 // WithStore sets the store that keeps the records (default: a new
 // [MemoryStore] per middleware). Share one store between middlewares that
 // must see each other's keys, and use a Redis store to share keys between
-// processes.
+// processes. It panics on a zero [MemoryStore] or [RedisStore], which
+// would fail every keyed request: make them with [NewMemoryStore] and
+// [NewRedisStore].
 func WithStore(s Store) Option {
-	if s == nil {
+	switch s := s.(type) {
+	case nil:
 		panic("idempotency: WithStore(nil)")
+	case *MemoryStore:
+		if s == nil || s.now == nil {
+			panic("idempotency: WithStore with a nil or zero MemoryStore: make it with NewMemoryStore")
+		}
+	case *RedisStore:
+		if s == nil || s.client == nil {
+			panic("idempotency: WithStore with a nil or zero RedisStore (no client): make it with NewRedisStore")
+		}
 	}
 	return optionFunc(func(c *config) { c.store = s })
 }
@@ -150,8 +163,11 @@ func WithKeyHeaders(names ...string) Option {
 	return optionFunc(func(c *config) { c.keyHeaders = canonical })
 }
 
-// WithKeyValidator sets what a valid key is (default [KeyUUIDv4]). See
-// [KeyAnyUUID] and [KeyPrintable], or pass your own function.
+// WithKeyValidator sets what a valid key is (default [KeyUUID]: a UUID of
+// any RFC 9562 version). See [KeyUUIDv4], [KeyAnyUUID] and [KeyPrintable],
+// or pass your own function.
+//
+//	idempotency.WithKeyValidator(idempotency.KeyUUIDv4) // UUID v4 only
 func WithKeyValidator(v KeyValidator) Option {
 	if v == nil {
 		panic("idempotency: WithKeyValidator(nil)")
@@ -173,6 +189,23 @@ func WithMethods(methods ...string) Option {
 		panic("idempotency: WithMethods needs at least one method")
 	}
 	return optionFunc(func(c *config) { c.methods = append([]string(nil), methods...) })
+}
+
+// WithSkip makes the middleware step aside for the requests skip reports
+// true for: such a request runs as if the middleware were not there, with
+// no store call, no body buffering and no check of its key, which the
+// handler may still read from the header itself. skip runs on the request's
+// goroutine, before anything else the middleware does with a request of one
+// of its methods, and must be quick. Where middlewares are nested, the one
+// that handles the key (the innermost) asks its own skip; the others have
+// already stepped aside.
+//
+//	idempotency.WithSkip(func(c *gin.Context) bool { return c.GetHeader("X-Dry-Run") != "" })
+func WithSkip(skip func(*gin.Context) bool) Option {
+	if skip == nil {
+		panic("idempotency: WithSkip(nil)")
+	}
+	return optionFunc(func(c *config) { c.skip = skip })
 }
 
 // WithFingerprint sets what identifies a request's payload (default
@@ -271,14 +304,30 @@ func WithProblemWriter(w ProblemWriter) Option {
 
 // WithEventHook calls hook with each outcome (see [EventKind]), for metrics
 // and tracing. It runs on the request's goroutine and must be quick.
+//
+// ctx is the request's context, through which the request's own values are
+// readable too: a string key reads what a middleware set with c.Set (an
+// auth middleware's user id, a request id), as a *gin.Context answers it.
+// Those values are readable during the hook's call only, and only for the
+// events of the request itself: the outcome of work that goes on after the
+// request ended (a completion retried in the background) comes with the
+// request's context but without its c.Set values.
+//
+//	idempotency.WithEventHook(func(ctx context.Context, e idempotency.Event) {
+//		user, _ := ctx.Value("user_id").(string)
+//		audit.Record(e.Kind.String(), e.IdempotencyKey, user)
+//	})
 func WithEventHook(hook func(context.Context, Event)) Option {
 	return optionFunc(func(c *config) { c.onEvent = hook })
 }
 
 // WithLogger sets the logger (default slog.Default(), read once in [New]).
 // The middleware logs store failures, lost leases and fail-open requests as
-// warnings or errors, and each outcome at debug level; it logs key hashes,
-// never raw keys, scopes or bodies.
+// warnings or errors, and each outcome at debug level; a misconfiguration
+// that refuses every keyed request of a route or releases every key it
+// handles is a warning, once per route a minute. Its lines carry the
+// client's key (see [WithoutKeyInEvents]) and hashes, never scopes or
+// bodies, and the log handler gets the same context as the event hook.
 func WithLogger(l *slog.Logger) Option {
 	if l == nil {
 		panic("idempotency: WithLogger(nil)")

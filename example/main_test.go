@@ -609,7 +609,7 @@ func TestSpec2_NoKeyCreatesEachTime(t *testing.T) {
 func TestSpec4_InvalidKey400(t *testing.T) {
 	api := newTestAPI(t, defaultConfig(t))
 	body := `{"program":"p","facility":"f"}`
-	for _, key := range []string{"not-a-uuid", "00000000-0000-1000-8000-000000000000" /* v1 */} {
+	for _, key := range []string{"not-a-uuid", "{" + uuid.NewString() + "}" /* not the canonical form */} {
 		res := api.do(http.MethodPost, "/api/requisitions", "alice", key, body)
 		assert.Equal(t, idempotency.ProblemInvalidKey, res.problem(t, http.StatusBadRequest).Type)
 	}
