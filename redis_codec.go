@@ -38,6 +38,14 @@ var ErrCorruptRecord = errors.New("idempotency: corrupt record in the Redis stor
 //
 // A record must end exactly after its body, so a truncated value or one
 // with trailing bytes is refused.
+//
+// A key deleted while in flight holds a marker instead, until the deleted
+// request's lease would have ended, and at least a day: the two bytes
+// version (1), state Forgotten (3). It is no record: Acquire takes the key
+// as if it held nothing, Get and Delete find no record, and no token owns
+// it, so the deleted request can no longer complete, release or extend it
+// (see [RedisStore.Delete]). decodeRecord refuses it with an error that
+// wraps [ErrNoRecord].
 // Why a string with a fixed head, not a Redis hash: the Lua scripts that
 // fence Complete, Release and Extend compare one 18-byte GETRANGE against
 // the caller's version+InFlight+token, so owning a key costs no decoding and
@@ -55,7 +63,21 @@ const (
 	tokenLen        = 16           // raw bytes; the Record.Token string is its hex form
 	flagBodyOmitted = 1 << 0
 	maxStatus       = 999
+	// stateForgotten is the state byte of the marker of a key deleted
+	// while in flight; it is no State a Record has.
+	stateForgotten = 3
 )
+
+// forgottenValue is the whole value under a key deleted while in flight.
+const forgottenValue = string(rune(recordVersion)) + string(rune(stateForgotten))
+
+// inFlightPrefix is how every in-flight record starts: its version and
+// state, before the token.
+const inFlightPrefix = string(rune(recordVersion)) + string(rune(InFlight))
+
+// errForgotten is what decodeRecord says of the marker of a key deleted
+// while in flight: the key holds no record.
+var errForgotten = fmt.Errorf("%w: the key was deleted while in flight", ErrNoRecord)
 
 // redisToken is a fencing token in the raw form the record head keeps.
 type redisToken [tokenLen]byte
@@ -135,11 +157,15 @@ func appendRecordFields(b []byte, rec *Record) []byte {
 // and count is checked against the bytes left, headers also against the
 // bounds of internal/wire, before anything is sized by it, so a corrupt
 // or foreign value costs a small multiple of its own size at most and
-// returns an error wrapping ErrCorruptRecord, never a panic. The record's
-// ExpiresAt is left for the caller, which knows the key's PTTL.
+// returns an error wrapping ErrCorruptRecord, never a panic. The marker of
+// a key deleted while in flight returns an error wrapping ErrNoRecord. The
+// record's ExpiresAt is left for the caller, which knows the key's PTTL.
 func decodeRecord(v string, maxSize int) (*Record, error) {
 	if len(v) > maxSize {
 		return nil, fmt.Errorf("%w: %d bytes, more than the maximum record size %d", ErrCorruptRecord, len(v), maxSize)
+	}
+	if v == forgottenValue {
+		return nil, errForgotten
 	}
 	if len(v) < recordHeadLen {
 		return nil, fmt.Errorf("%w: %d bytes, shorter than a record head", ErrCorruptRecord, len(v))

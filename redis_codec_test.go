@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/http"
 	"runtime"
@@ -164,6 +165,20 @@ func TestSpec25_CorruptValueIsADecodeError(t *testing.T) {
 	})
 }
 
+// TestSpec25_ForgottenMarkerIsNoRecord: the marker that Delete leaves in
+// place of an in-flight record decodes as no record, not a corrupt one;
+// anything longer that starts like it is corrupt.
+func TestSpec25_ForgottenMarkerIsNoRecord(t *testing.T) {
+	var err error
+	require.NotPanics(t, func() { _, err = decodeRecord(forgottenValue, DefaultRedisMaxRecordSize) })
+	assert.ErrorIs(t, err, ErrNoRecord)
+	assert.NotErrorIs(t, err, ErrCorruptRecord)
+	for _, value := range []string{forgottenValue + "x", forgottenValue + strings.Repeat("\x00", tokenLen), forgottenValue[:1]} {
+		_, err := decodeRecord(value, DefaultRedisMaxRecordSize)
+		assert.ErrorIs(t, err, ErrCorruptRecord, "%q", value)
+	}
+}
+
 // TestSpec25_HugeLengthsAllocateNothing checks that lengths and counts are
 // checked against the bytes left before anything is allocated.
 func TestSpec25_HugeLengthsAllocateNothing(t *testing.T) {
@@ -206,8 +221,13 @@ func FuzzDecodeRecord(f *testing.F) {
 		f.Add(encodeRecord(rec.State, newRedisToken(), rec))
 	}
 	f.Add([]byte("hello"))
+	f.Add([]byte(forgottenValue))
 	f.Fuzz(func(t *testing.T, value []byte) {
 		rec, err := decodeRecord(string(value), 1<<16)
+		if errors.Is(err, ErrNoRecord) {
+			require.Equal(t, forgottenValue, string(value), "only the marker of a deleted key is no record")
+			return
+		}
 		if err != nil {
 			require.ErrorIs(t, err, ErrCorruptRecord)
 			return

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // redisKey is the Redis key of a record: the record's key is the hash tag,
@@ -26,25 +28,66 @@ func (s *RedisStore) Cached(key string) *Record {
 	return s.cache.peek(key)
 }
 
-// Delete implements [Store]: one round trip, a DEL of the record's key,
-// whatever it holds. It also drops the record from this instance's local
-// cache and a completion of it still pending here (which lands if it is
-// retried after the DEL, the key then holding nothing); other instances that cached it may replay it until it leaves
-// their caches, at most a minute by default (see
+// forgottenFor is how long, at least, the marker of a key deleted while in
+// flight stays: the deleted request may run on for long after its lease
+// would have ended (its renewals stop at the first refusal), and its
+// completion must find the marker, not an empty key that it would take.
+const forgottenFor = 24 * time.Hour
+
+// deleteScript forgets a key. An in-flight record is replaced by the
+// marker of a forgotten key (see redis_codec.go), kept for the rest of its
+// lease and at least ARGV[3] ms, so that its token owns nothing: an empty
+// key would let the deleted request's completion land (the complete script
+// takes a key that holds nothing, SPEC 23). Anything else is deleted.
+// KEYS[1] is the record key; ARGV[1] the start of every in-flight record
+// (version, InFlight), ARGV[2] the marker.
+// Replies 0 when the key held no record (nothing, or the marker), 1 when
+// it was deleted, 2 when an in-flight record was replaced by the marker.
+// STRLEN goes through pcall: a value of another type is simply deleted.
+var deleteScript = redis.NewScript(`
+local n = redis.pcall('STRLEN', KEYS[1])
+if type(n) == 'number' and n > 0 then
+  local head = redis.call('GETRANGE', KEYS[1], 0, 1)
+  if n == #ARGV[2] and head == ARGV[2] then
+    return 0
+  end
+  if head == ARGV[1] then
+    local left = redis.call('PTTL', KEYS[1])
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', math.max(left, tonumber(ARGV[3])))
+    return 2
+  end
+end
+return redis.call('DEL', KEYS[1])
+`)
+
+// Delete implements [Store]: one round trip. A completed record is
+// deleted. An in-flight record is replaced by a two-byte marker that no
+// token owns and that the next acquisition takes like a free key, kept for
+// the rest of the deleted request's lease and at least a day: the deleted
+// request's completion, release and renewals return [ErrNotOwner] until
+// then, where an empty key would let its completion land (see
+// docs/redis.md). Delete returns [ErrNoRecord] when the key held no record
+// (or only such a marker) and this instance had none cached or pending.
+//
+// It also drops the record from this instance's local cache and a
+// completion of it still pending here; other instances that cached it may
+// replay it until it leaves their caches, at most a minute by default (see
 // [WithRedisLocalCacheMaxAge]).
 func (s *RedisStore) Delete(ctx context.Context, key string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	err := s.client.Del(ctx, s.redisKey(key)).Err()
-	if s.cache != nil {
-		// After the DEL: dropped before it, the record could be cached
-		// again from Redis in between. Dropped even when the DEL failed.
-		s.cache.forget(key)
-	}
-	s.forgetAnswer(key)
-	if err != nil {
+	n, err := deleteScript.Run(ctx, s.client, []string{s.redisKey(key)},
+		inFlightPrefix, forgottenValue, millis(forgottenFor)).Int64()
+	// After the script: dropped before it, the record could be cached
+	// again from Redis in between. Dropped even when the script failed.
+	cached := s.cache != nil && s.cache.forget(key)
+	pending := s.forgetAnswer(key)
+	switch {
+	case err != nil:
 		return fmt.Errorf("idempotency: redis delete: %w", err)
+	case n == 0 && !cached && !pending:
+		return ErrNoRecord
 	}
 	return nil
 }

@@ -79,17 +79,19 @@ func (s *RedisStore) pendingAnswer(key string) *Record {
 	return a.byKey[key]
 }
 
-// forgetAnswer drops key's pending answer (an operator's Delete); the
-// completion itself is still retried.
-func (s *RedisStore) forgetAnswer(key string) {
+// forgetAnswer drops key's pending answer (an operator's Delete), and
+// reports whether there was one; the completion itself is still retried.
+func (s *RedisStore) forgetAnswer(key string) (found bool) {
 	a := &s.answers
 	if !a.any.Load() {
-		return
+		return false
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	_, found = a.byKey[key]
 	delete(a.byKey, key)
 	a.any.Store(len(a.byKey) > 0)
+	return found
 }
 
 // queueRelease implements pendingKeeper: the release becomes an orphan,

@@ -85,7 +85,8 @@ func NewRedisStore(client redis.UniversalClient, opts ...RedisStoreOption) *Redi
 // KEYS[1] is the record key; ARGV[1] the new in-flight record, ARGV[2] the
 // lease in ms, ARGV[3] the largest record the caller decodes, ARGV[4] the
 // head of an in-flight record of this process whose acquisition timed out
-// (an orphan, which this acquisition takes over), or "".
+// (an orphan, which this acquisition takes over), or ""; ARGV[5] the marker
+// of a key deleted while in flight, which it takes like a free key.
 // Replies: {0} acquired; {1, record, pttl} held; {2, size} held by a value
 // too large to read; {3} held by a value that is not a string.
 // STRLEN goes through pcall because it raises WRONGTYPE on a hash or list.
@@ -95,6 +96,7 @@ if type(n) ~= 'number' then
   return {3}
 end
 if (n == 0 and redis.call('EXISTS', KEYS[1]) == 0) or
+   (n == #ARGV[5] and redis.call('GET', KEYS[1]) == ARGV[5]) or
    (ARGV[4] ~= '' and redis.call('GETRANGE', KEYS[1], 0, #ARGV[4] - 1) == ARGV[4]) then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return {0}
@@ -131,7 +133,7 @@ func (s *RedisStore) Acquire(ctx context.Context, key string, claim *Record, lea
 		orphanHead = ownerHead(orphan.token)
 	}
 	start := s.now() // before Redis reads the PTTL: start+PTTL is never past the real expiry
-	cmd, replicated := s.runScript(ctx, acquireScript, key, value, millis(lease), s.maxSize, orphanHead)
+	cmd, replicated := s.runScript(ctx, acquireScript, key, value, millis(lease), s.maxSize, orphanHead, forgottenValue)
 	reply, err := cmd.Slice()
 	if err != nil {
 		if hasOrphan { // still to release, whether Redis answered or not
@@ -186,8 +188,9 @@ func (s *RedisStore) Acquire(ctx context.Context, key string, claim *Record, lea
 // ARGV[4] the head of the record this token completed. Replies 1 when
 // stored, 2 when this very record is already stored by this token (a retry
 // after a lost reply, or to wait for replicas again), 0 when the key holds
-// anything else: another token's record, or another record of this token
-// (pcall: a key of another type is simply not owned).
+// anything else: another token's record, another record of this token, or
+// the marker an operator's Delete left in place of the token's in-flight
+// record (pcall: a key of another type is simply not owned).
 var completeScript = redis.NewScript(`
 local head = redis.pcall('GETRANGE', KEYS[1], 0, #ARGV[1] - 1)
 if head == ARGV[1] or (head == '' and redis.call('EXISTS', KEYS[1]) == 0) then
@@ -200,17 +203,17 @@ end
 return 0
 `)
 
-// Complete implements [Store]: one round trip. Unlike the other stores'
-// fencing, it also stores the record when the key holds nothing: the
+// Complete implements [Store]: one round trip. It also stores the record
+// when the key holds nothing (SPEC 23): the
 // token's in-flight record expired (an outage longer than the lease) and
 // nobody took the key, so the request that ran is still the only one.
-// It returns [ErrNotOwner] when the key holds another token's record. A
-// record that would exceed
-// the maximum record size is stored without its body (see
-// [WithRedisMaxRecordSize]). So is a record with more than 64 headers, 256
-// header values or 64 KiB of header names and values, or with an invalid or
-// non-canonical header name or an invalid value: it keeps only its
-// Location header, so that duplicates get 409 with it.
+// It returns [ErrNotOwner] when the key holds another token's record, or
+// the marker of an in-flight record deleted by [RedisStore.Delete]. A
+// record that would exceed the maximum record size is stored without its
+// body (see [WithRedisMaxRecordSize]). So is a record with more than 64
+// headers, 256 header values or 64 KiB of header names and values, or with
+// an invalid or non-canonical header name or an invalid value: it keeps
+// only its Location header, so that duplicates get 409 with it.
 func (s *RedisStore) Complete(ctx context.Context, key, token string, rec *Record, ttl time.Duration) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -262,7 +265,8 @@ func (s *RedisStore) completedValue(owner redisToken, rec *Record) (*Record, []b
 
 // releaseScript deletes the in-flight record owned by a token.
 // KEYS[1] is the record key; ARGV[1] the owner's record head.
-// Replies 1 when deleted, 0 when the token does not own an in-flight record.
+// Replies 1 when deleted, 0 when the token does not own an in-flight record
+// (as when the key holds the marker of a deleted one).
 var releaseScript = redis.NewScript(`
 if redis.pcall('GETRANGE', KEYS[1], 0, #ARGV[1] - 1) ~= ARGV[1] then
   return 0
@@ -293,7 +297,7 @@ func (s *RedisStore) Release(ctx context.Context, key, token string) error {
 // extendScript renews the lease of the in-flight record owned by a token.
 // KEYS[1] is the record key; ARGV[1] the owner's record head, ARGV[2] the
 // new lease in ms. Replies 1 when renewed, 0 when the token does not own an
-// in-flight record.
+// in-flight record (as when the key holds the marker of a deleted one).
 var extendScript = redis.NewScript(`
 if redis.pcall('GETRANGE', KEYS[1], 0, #ARGV[1] - 1) ~= ARGV[1] then
   return 0
