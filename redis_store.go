@@ -204,9 +204,9 @@ return 0
 `)
 
 // Complete implements [Store]: one round trip. It also stores the record
-// when the key holds nothing (SPEC 23): the
-// token's in-flight record expired (an outage longer than the lease) and
-// nobody took the key, so the request that ran is still the only one.
+// when the key holds nothing: the token's in-flight record expired (an
+// outage longer than the lease) and nobody took the key, so the request
+// that ran is still the only one.
 // It returns [ErrNotOwner] when the key holds another token's record, or
 // the marker of an in-flight record deleted by [RedisStore.Delete]. A
 // record that would exceed the maximum record size is stored without its

@@ -75,8 +75,13 @@ type Store interface {
 	Acquire(ctx context.Context, key string, claim *Record, lease time.Duration) (token string, held *Record, err error)
 
 	// Complete replaces the InFlight record owned by token with rec (State
-	// Completed), kept for ttl. It returns ErrNotOwner, and changes nothing,
-	// when token does not own the key.
+	// Completed), kept for ttl, whether or not its lease has expired: a
+	// record that still holds the token was taken by no other request, so
+	// the handler that ran is still the only one. A store whose expired
+	// records vanish (Redis) also stores rec under a key that holds nothing.
+	// It returns ErrNotOwner, and changes nothing, when token does not own
+	// the key: another request took it, token's record was released or
+	// deleted, or token completed it already with another record.
 	Complete(ctx context.Context, key, token string, rec *Record, ttl time.Duration) error
 
 	// Release deletes the InFlight record owned by token, so that a retry
@@ -95,8 +100,11 @@ type Store interface {
 
 	// Delete removes the record for key, whatever its state, so that the
 	// next request with the key runs as new: an operator forgetting a key.
-	// The token of a deleted in-flight record no longer owns the key.
-	// It returns [ErrNoRecord] when there was none (see [Forget]).
+	// The token of a deleted in-flight record no longer owns the key: the
+	// request still running under it can no longer complete, release or
+	// renew it (on Redis, for at least a day after the Delete: see
+	// [RedisStore.Delete]). It returns [ErrNoRecord] when there was none
+	// (see [Forget]).
 	Delete(ctx context.Context, key string) error
 }
 
