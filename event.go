@@ -28,9 +28,13 @@ const (
 	EventReleased
 	// EventStoreError: a store call failed or timed out.
 	EventStoreError
-	// EventLostLease: the handler's lease is no longer held (it expired,
-	// during a long outage for instance, or another request took the key),
-	// so its response was not stored.
+	// EventLostLease: the request no longer holds its key, so its response
+	// was not stored: another request took the key after the lease expired,
+	// or an operator deleted it (see [Forget]). A lease that merely expired
+	// (during a long outage, say) while nobody took the key loses nothing:
+	// the completion still lands. It also reports a release that found the
+	// lease gone, and a completion the store refused until the retry limit
+	// (the key is then released).
 	EventLostLease
 	// EventUnknownCaller: a keyed request had an empty scope and got 400
 	// (see [AllowAnonymousKeys]).

@@ -65,10 +65,9 @@ import (
 // New returns the idempotency middleware, configured by opts over safe
 // defaults. Each call has its own configuration and, unless [WithStore] is
 // given, its own [MemoryStore]. It panics, with an "idempotency:" prefix,
-// on an invalid option. Mount the middleware a call returns on one engine:
-// it remembers how many of this package's middlewares each of that
-// engine's routes holds, by method and route pattern; call New again for
-// another engine.
+// on an invalid option. One middleware may be mounted on several engines:
+// it counts how many of this package's middlewares each route holds apart
+// for each engine, by method and route pattern.
 func New(opts ...Option) gin.HandlerFunc {
 	cfg := defaultConfig()
 	for _, opt := range opts {

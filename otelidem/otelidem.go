@@ -18,8 +18,8 @@
 //   - idempotency.replayed: true when the answer is a stored response;
 //   - an event "idempotency.store_error" for each failed store call, with
 //     exception.type, exception.message and idempotency.store.operation;
-//   - an event "idempotency.lost_lease" when the request's lease was taken
-//     and its response not stored.
+//   - an event "idempotency.lost_lease" when the request's lease was no
+//     longer held (expired or taken) and its response not stored.
 //
 // A completion the middleware retries in the background ends after the
 // span; its outcome is then in the metrics only.
