@@ -32,7 +32,17 @@ type breaker struct {
 	changed atomic.Bool // pending holds changes to report
 	mu      sync.Mutex
 	pending []gobreaker.State
+	// refused counts the requests the open circuit answered since the last
+	// summary line, logged at summarized (unix ns; 0: none this outage).
+	refused    atomic.Int64
+	summarized atomic.Int64
 }
+
+// refusalSummaryEvery is how often, at most, the breaker logs how many
+// requests its open circuit answered without calling the store. Each of
+// those is logged at debug level only: during an outage, thousands of
+// requests a second would otherwise each log an error.
+const refusalSummaryEvery = 10 * time.Second
 
 // newBreaker returns the breaker of m, or nil when it is off or the store
 // answers from memory.
@@ -146,11 +156,46 @@ func (m *middleware) breakerChanged(to gobreaker.State) {
 		kind = EventBreakerHalfOpen
 	}
 	ctx := context.Background()
+	if to == gobreaker.StateClosed { // the outage is over: the refusals not yet summarized, then the change
+		m.summarizeRefusals(ctx, m.breaker.refused.Swap(0))
+		m.breaker.summarized.Store(0)
+	}
 	m.logger.LogAttrs(ctx, level, "idempotency: store circuit "+to.String(),
 		slog.Duration("probe_every", m.breakerProbe))
 	if m.onEvent != nil {
 		m.onEvent(ctx, Event{Kind: kind})
 	}
+}
+
+// refused counts a keyed request that the open circuit answered without
+// calling the store, and logs the summary of such requests when one is due:
+// at the first of an outage, then at most every refusalSummaryEvery, and
+// when the circuit closes.
+func (m *middleware) refused(ctx context.Context) {
+	b := m.breaker
+	if b == nil {
+		return
+	}
+	b.refused.Add(1)
+	now, last := time.Now().UnixNano(), b.summarized.Load()
+	if last != 0 && now-last < int64(refusalSummaryEvery) || !b.summarized.CompareAndSwap(last, now) {
+		return
+	}
+	m.summarizeRefusals(ctx, b.refused.Swap(0))
+}
+
+// summarizeRefusals logs that n keyed requests were answered without the
+// store since the last such line: refused with 503 (an error), or run
+// without idempotency with WithFailOpen (a warning).
+func (m *middleware) summarizeRefusals(ctx context.Context, n int64) {
+	if n == 0 {
+		return
+	}
+	level, msg := slog.LevelError, "idempotency: store circuit open: keyed requests refused with 503 without calling the store"
+	if m.failOpen {
+		level, msg = slog.LevelWarn, "idempotency: store circuit open: keyed requests run without idempotency"
+	}
+	m.logger.LogAttrs(ctx, level, msg, slog.Int64("refused", n), slog.Duration("probe_every", m.breakerProbe))
 }
 
 // defaultBreakerProbe is how long the breaker stays open before it probes

@@ -40,13 +40,14 @@
 // others step aside, whatever wraps the writer in between. The handler
 // reads the key it runs under with [Key].
 //
-// New with no options is correct and safe: UUID v4 keys on POST and PATCH,
-// optional, scoped by the Authorization header, kept 24 h in a bounded
-// in-memory store. A [RedisStore] shares keys between processes; the
-// pgstore package keeps them in the application's Postgres database, where
-// the handler's writes and the record commit together (see [TxStore]). The
-// client package (github.com/ginidem/idempotency/client) is the other half:
-// an http.RoundTripper that sends keys and retries safely. The promidem and
+// New with no options is correct and safe: UUID keys (any RFC 9562 version,
+// v4 or v7, in canonical form) on POST and PATCH, optional, scoped by the
+// Authorization header, kept 24 h in a bounded in-memory store. A
+// [RedisStore] shares keys between processes; the pgstore package keeps
+// them in the application's Postgres database, where the handler's writes
+// and the record commit together (see [TxStore]). The client package
+// (github.com/ginidem/idempotency/client) is the other half: an
+// http.RoundTripper that sends keys and retries safely. The promidem and
 // otelidem packages turn the event hook into metrics and traces.
 package idempotency
 
@@ -114,6 +115,7 @@ type middleware struct {
 	// replayedValue is the replay header's value, shared by every replay; its
 	// capacity is its length, so an append by a later middleware copies it.
 	replayedValue []string
+	warns         warnings // rate-limited warnings of misconfiguration (warn.go)
 }
 
 // flight is everything the middleware knows of one keyed request, in one
@@ -128,6 +130,7 @@ type flight struct {
 	lease leaseKeeper
 	mark  requestMark // the request's mark, when no outer middleware made one
 	call  storeCall   // the store call behind the next event
+	view  requestView // the client's key and the request's values, for events
 	// noKeep: the handler asked that its answer not be kept (DoNotKeep).
 	noKeep bool
 }
@@ -176,10 +179,7 @@ func (m *middleware) handle(c *gin.Context) {
 	case !bytes.Equal(held.Fingerprint, f.claim.Fingerprint):
 		m.mismatch(c, f, held)
 	case held.State == InFlight:
-		m.emit(c.Request.Context(), f, EventConflict, http.StatusConflict, nil)
-		c.Header("Retry-After", "1")
-		m.refuse(c, http.StatusConflict, ProblemInFlight, "Request in progress",
-			"a request with this idempotency key is still being processed; retry later")
+		m.inFlight(c, f, held)
 	case held.BodyOmitted || m.conflictMode:
 		m.alreadyCompleted(c, f, held)
 	default:
@@ -201,9 +201,11 @@ func (m *middleware) handles(method string) bool {
 func (m *middleware) prepare(c *gin.Context, f *flight, key string) bool {
 	f.route = c.FullPath()
 	f.claim = Record{Method: c.Request.Method, Path: c.Request.URL.Path}
+	f.view.start(c, key)
 	scope := m.scope(c)
 	if scope == "" && !m.anonymous {
 		m.emit(c.Request.Context(), f, EventUnknownCaller, http.StatusBadRequest, nil)
+		m.warnUnknownCaller(c, f)
 		m.refuse(c, http.StatusBadRequest, ProblemUnknownCaller, "Caller not identified",
 			"this service cannot tell callers apart for this request, so it cannot scope an idempotency key to its caller; authenticate, or send the request without a key")
 		return false
@@ -249,6 +251,7 @@ func (m *middleware) run(c *gin.Context, f *flight, mark *requestMark, token str
 			c.Request = req
 		}
 	}()
+	defer f.view.end() // what goes on in the background never reads c
 	out := c.Writer
 	var t *txRun
 	if m.txStore != nil {
@@ -285,6 +288,9 @@ func (m *middleware) run(c *gin.Context, f *flight, mark *requestMark, token str
 	c.Writer = out
 	f.noKeep = mark.noKeep
 	status := f.rec.Status()
+	if f.rec.wroteNothing() && !f.noKeep {
+		m.warnWroteNothing(c, f)
+	}
 	switch {
 	case t != nil:
 		m.endTx(c, f, t, token, status)

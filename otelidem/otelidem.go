@@ -16,6 +16,9 @@
 //   - idempotency.outcome: the request's last outcome, such as "completed"
 //     or "replayed" ([idempotency.EventKind.String]);
 //   - idempotency.replayed: true when the answer is a stored response;
+//   - idempotency.key: the client's idempotency key, in its canonical form
+//     (absent with [idempotency.WithoutKeyInEvents]), so that the trace of
+//     a support ticket's key can be found;
 //   - an event "idempotency.store_error" for each failed store call, with
 //     exception.type, exception.message and idempotency.store.operation;
 //   - an event "idempotency.lost_lease" when the request's lease was no
@@ -33,6 +36,13 @@
 //	idempotency.store.duration           histogram, s: idempotency.store.operation
 //	idempotency.requests.in_flight       up-down counter {request}
 //	idempotency.breaker.state            gauge: 0 closed, 1 half-open, 2 open
+//	idempotency.breaker.refused          counter {request}
+//
+// The refused counter counts the keyed requests that the open breaker
+// answered without calling the store (503, or run without idempotency with
+// [idempotency.WithFailOpen]); each is a "store_error" outcome too. The
+// middleware logs them only in a summary line. The idempotency key is on
+// spans only, never on a metric: it would make one series per request.
 //
 // http.route is the Gin route pattern, such as "/orders/:id", or
 // "unmatched" for a request no route matched: never the raw path. A
@@ -44,6 +54,7 @@ package otelidem
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"go.opentelemetry.io/otel"
@@ -67,6 +78,9 @@ const (
 	// ReplayedKey is true on the span of a request answered with a stored
 	// response.
 	ReplayedKey = attribute.Key("idempotency.replayed")
+	// IdempotencyKeyKey is the client's idempotency key, in its canonical
+	// form, on the request's span.
+	IdempotencyKeyKey = attribute.Key("idempotency.key")
 	// StoreOpKey is the store call, "acquire", "complete" or "release", on
 	// the store-duration histogram and the span events.
 	StoreOpKey = attribute.Key("idempotency.store.operation")
@@ -84,6 +98,7 @@ type Telemetry struct {
 	store    metric.Float64Histogram
 	inFlight metric.Int64UpDownCounter
 	breaker  metric.Int64Gauge
+	refused  metric.Int64Counter
 }
 
 // New returns the instrumentation configured by opts over safe defaults:
@@ -100,7 +115,7 @@ func New(opts ...Option) *Telemetry {
 	}
 	meter := cfg.meterProvider.Meter(ScopeName)
 	t := &Telemetry{tracing: cfg.tracing}
-	var errs [4]error
+	var errs [5]error
 	t.outcomes, errs[0] = meter.Int64Counter("idempotency.outcomes", metric.WithUnit("{event}"),
 		metric.WithDescription("Outcomes of keyed requests, by event kind, method and route pattern."))
 	t.store, errs[1] = meter.Float64Histogram("idempotency.store.duration", metric.WithUnit("s"),
@@ -110,6 +125,8 @@ func New(opts ...Option) *Telemetry {
 		metric.WithDescription("Keyed requests whose handler is running under a lease, or whose response is being stored."))
 	t.breaker, errs[3] = meter.Int64Gauge("idempotency.breaker.state",
 		metric.WithDescription("State of the circuit breaker around the idempotency store: 0 closed, 1 half-open, 2 open."))
+	t.refused, errs[4] = meter.Int64Counter("idempotency.breaker.refused", metric.WithUnit("{request}"),
+		metric.WithDescription("Keyed requests the open circuit breaker answered without calling the idempotency store; each is a store_error outcome too."))
 	for _, err := range errs {
 		if err != nil {
 			panic(fmt.Sprintf("otelidem: %v", err))
@@ -142,6 +159,9 @@ func (t *Telemetry) observe(ctx context.Context, e idempotency.Event) {
 	}
 	t.outcomes.Add(ctx, 1, metric.WithAttributes(outcome,
 		methodKey.String(e.Method), routeKey.String(hookstat.Route(e.Route))))
+	if e.Kind == idempotency.EventStoreError && errors.Is(e.Err, idempotency.ErrCircuitOpen) {
+		t.refused.Add(ctx, 1)
+	}
 	if e.StoreOp != 0 {
 		t.store.Record(ctx, e.StoreLatency.Seconds(), metric.WithAttributes(StoreOpKey.String(e.StoreOp.String())))
 	}
@@ -157,6 +177,9 @@ func annotate(span trace.Span, e idempotency.Event, outcome attribute.KeyValue) 
 		return
 	}
 	span.SetAttributes(outcome, ReplayedKey.Bool(e.Kind == idempotency.EventReplayed))
+	if e.IdempotencyKey != "" {
+		span.SetAttributes(IdempotencyKeyKey.String(e.IdempotencyKey))
+	}
 	var attrs []attribute.KeyValue
 	if e.StoreOp != 0 {
 		attrs = append(attrs, StoreOpKey.String(e.StoreOp.String()))

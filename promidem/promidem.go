@@ -18,6 +18,14 @@
 //	idempotency_store_duration_seconds{op}              histogram
 //	idempotency_requests_in_flight                      gauge
 //	idempotency_breaker_state                           gauge: 0 closed, 1 half-open, 2 open
+//	idempotency_breaker_refused_total                   counter
+//
+// The refused counter counts the keyed requests that the open breaker
+// answered without calling the store (503, or run without idempotency with
+// [idempotency.WithFailOpen]); each is a "store_error" outcome too. The
+// middleware logs them only in a summary line, so this is where an
+// outage's refusals add up. The client's idempotency key is never a label:
+// it would make one series per request.
 //
 // The outcome is the event's name ([idempotency.EventKind.String]), such as
 // "replayed". A request with a new key counts "acquired" and then one of
@@ -35,6 +43,7 @@ package promidem
 
 import (
 	"context"
+	"errors"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -49,6 +58,7 @@ type Metrics struct {
 	store    *prometheus.HistogramVec
 	inFlight prometheus.Gauge
 	breaker  prometheus.Gauge
+	refused  prometheus.Counter
 }
 
 // Compile-time check: a Metrics is registered like any collector.
@@ -80,6 +90,10 @@ func New(opts ...Option) *Metrics {
 			Namespace: ns, Name: "breaker_state", ConstLabels: labels,
 			Help: "State of the circuit breaker around the idempotency store: 0 closed, 1 half-open, 2 open.",
 		}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Name: "breaker_refused_total", ConstLabels: labels,
+			Help: "Keyed requests the open circuit breaker answered without calling the idempotency store (503, or run without idempotency with fail-open); each is a store_error outcome too.",
+		}),
 	}
 }
 
@@ -101,6 +115,9 @@ func (m *Metrics) observe(_ context.Context, e idempotency.Event) {
 		return
 	}
 	m.outcomes.WithLabelValues(e.Kind.String(), e.Method, hookstat.Route(e.Route)).Inc()
+	if e.Kind == idempotency.EventStoreError && errors.Is(e.Err, idempotency.ErrCircuitOpen) {
+		m.refused.Inc()
+	}
 	if e.StoreOp != 0 {
 		m.store.WithLabelValues(e.StoreOp.String()).Observe(e.StoreLatency.Seconds())
 	}
@@ -116,6 +133,7 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	m.store.Describe(ch)
 	m.inFlight.Describe(ch)
 	m.breaker.Describe(ch)
+	m.refused.Describe(ch)
 }
 
 // Collect sends m's current metrics to ch; it implements
@@ -125,6 +143,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	m.store.Collect(ch)
 	m.inFlight.Collect(ch)
 	m.breaker.Collect(ch)
+	m.refused.Collect(ch)
 }
 
 // Chain returns one hook that calls each of hooks in turn, skipping nil
