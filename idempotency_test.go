@@ -701,7 +701,8 @@ var behaviours = []behaviour{
 		assert.Equal(t, http.StatusCreated, r.status)
 		assert.Equal(t, int32(1), a.calls.Load())
 		assert.Contains(t, logs.String(), "running without idempotency")
-		assert.NotContains(t, logs.String(), key1)
+		assert.Contains(t, logs.String(), "idempotency_key="+key1, "the client's key, to find a ticket's request (SPEC 33)")
+		assert.NotContains(t, logs.String(), defaultAuth, "never the caller's identity")
 	}},
 	{"spec22/a slow store meets the deadline", func(t *testing.T, h storeHarness) {
 		store, _ := h.new(t)
