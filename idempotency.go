@@ -232,7 +232,7 @@ func (m *middleware) prepare(c *gin.Context, f *flight, key string) bool {
 	}
 	f.claim.Fingerprint = fp
 	var hexSum [2 * sha256.Size]byte
-	f.scope = h.storeKey(scope, key, &hexSum)
+	h.storeKey(scope, key, &f.scope, &hexSum)
 	f.key = string(hexSum[:])
 	return true
 }

@@ -202,7 +202,7 @@ func (s *MemoryStore) Get(ctx context.Context, key string) (*Record, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	e := s.live(key, s.now())
+	e := s.present(key, s.now())
 	if e == nil {
 		return nil, ErrNoRecord
 	}
@@ -276,9 +276,19 @@ func (s *MemoryStore) keep(key string, rec *Record) {
 func (s *MemoryStore) forget(key string) (found bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	e := s.live(key, s.now())
+	e := s.present(key, s.now())
 	if e != nil {
 		s.remove(e)
 	}
 	return e != nil
+}
+
+// present returns key's live entry, or its in-flight entry whose lease ran
+// out (its request may still complete it, SPEC 23), for an operator; nil
+// otherwise, reclaiming an expired completed entry.
+func (s *MemoryStore) present(key string, now time.Time) *memoryEntry {
+	if e := s.records[key]; e != nil && e.state == InFlight {
+		return e
+	}
+	return s.live(key, now)
 }

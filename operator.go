@@ -21,14 +21,16 @@ var ErrNoRecord = errors.New("idempotency: no record under this key")
 // case. Only a hash of the two is kept.
 func StoreKey(scope, key string) string {
 	h := &hasher{Hash: sha256.New()}
+	var scopeSum [sha256.Size]byte
 	var hexSum [2 * sha256.Size]byte
-	h.storeKey(scope, canonicalKey(key), &hexSum)
+	h.storeKey(scope, canonicalKey(key), &scopeSum, &hexSum)
 	return string(hexSum[:])
 }
 
-// storeKey writes into dst the hex store key of canonical key under scope:
-// the SHA-256 of the scope's SHA-256 and the key.
-func (h *hasher) storeKey(scope, key string, dst *[2 * sha256.Size]byte) (scopeSum [sha256.Size]byte) {
+// storeKey writes into scopeSum the SHA-256 of scope, and into dst the hex
+// store key of canonical key under scope: the SHA-256 of scopeSum and the
+// key.
+func (h *hasher) storeKey(scope, key string, scopeSum *[sha256.Size]byte, dst *[2 * sha256.Size]byte) {
 	h.Reset()
 	h.WriteString(scope)
 	h.Sum(scopeSum[:0])
@@ -36,7 +38,6 @@ func (h *hasher) storeKey(scope, key string, dst *[2 * sha256.Size]byte) (scopeS
 	h.Write(scopeSum[:])
 	h.WriteString(key)
 	hex.Encode(dst[:], h.Sum(h.scratch[:0]))
-	return scopeSum
 }
 
 // Lookup returns the record store keeps for the idempotency key that a
