@@ -107,6 +107,10 @@ func WithStore(s Store) Option {
 		if s == nil || s.client == nil {
 			panic("idempotency: WithStore with a nil or zero RedisStore (no client): make it with NewRedisStore")
 		}
+	case interface{ Validate() error }: // a store of another package that can tell, such as pgstore's
+		if err := s.Validate(); err != nil {
+			panic("idempotency: WithStore with an unusable store: " + err.Error())
+		}
 	}
 	return optionFunc(func(c *config) { c.store = s })
 }

@@ -70,7 +70,8 @@ func (m *middleware) releaseLater(ctx context.Context, f *flight, token string, 
 // in a flight of its own: the request's code may still report on f (a
 // failed transaction's 503) while the background call runs.
 func (f *flight) detached() *flight {
-	return &flight{scope: f.scope, key: f.key, route: f.route, claim: Record{Method: f.claim.Method}}
+	return &flight{scope: f.scope, key: f.key, route: f.route, claim: Record{Method: f.claim.Method},
+		view: requestView{key: f.view.key}}
 }
 
 // retryRelease retries a release with backoff until the store answers

@@ -439,3 +439,10 @@ func TestSpec23_CompletionRetryIsIdempotent(t *testing.T) {
 	other.Status, other.Body = 200, []byte(`{"id":2}`)
 	assert.ErrorIs(t, s.Complete(ctx, "k", token, &other, time.Hour), idem.ErrNotOwner)
 }
+
+// TestSpec34_AZeroStoreIsRefused: the middleware refuses a zero Store when
+// it is built, instead of answering 500 to every keyed request.
+func TestSpec34_AZeroStoreIsRefused(t *testing.T) {
+	assert.PanicsWithValue(t, "idempotency: WithStore with an unusable store: pgstore: a nil or zero Store (no pool): make it with pgstore.New",
+		func() { idem.New(idem.WithStore(&pgstore.Store{})) })
+}

@@ -87,6 +87,15 @@ func New(pool *pgxpool.Pool, opts ...Option) *Store {
 	return s
 }
 
+// Validate reports whether s was made by [New]; the middleware's WithStore
+// refuses a zero Store with its error.
+func (s *Store) Validate() error {
+	if s == nil || s.pool == nil {
+		return errors.New("pgstore: a nil or zero Store (no pool): make it with pgstore.New")
+	}
+	return nil
+}
+
 // now reads the store's clock.
 func (s *Store) now() time.Time {
 	if s.clock == nil {
