@@ -70,6 +70,12 @@ import (
 // it counts how many of this package's middlewares each route holds apart
 // for each engine, by method and route pattern.
 func New(opts ...Option) gin.HandlerFunc {
+	return newMiddleware(opts).handle
+}
+
+// newMiddleware builds the lifecycle that New's handler and a [Runner]
+// share: the store, its breaker and the lease renewer, configured by opts.
+func newMiddleware(opts []Option) *middleware {
 	cfg := defaultConfig()
 	for _, opt := range opts {
 		opt.apply(cfg)
@@ -87,7 +93,7 @@ func New(opts ...Option) gin.HandlerFunc {
 	m.leases = newRenewer(m)
 	m.chains = newChains(m.handle)
 	m.breaker = newBreaker(m)
-	return m.handle
+	return m
 }
 
 // DefaultKeep keeps every status below 500 except 408, 425 and 429, which,
@@ -169,7 +175,7 @@ func (m *middleware) handle(c *gin.Context) {
 	if !m.prepare(c, f, key) {
 		return
 	}
-	token, held, err := m.acquire(c, f)
+	token, held, err := m.acquire(c.Request.Context(), f)
 	switch {
 	case err != nil:
 		m.markRun(c, mark, &f.mark, key, false) // a fail-open run still reads its key
@@ -278,7 +284,7 @@ func (m *middleware) run(c *gin.Context, f *flight, mark *requestMark, token str
 				m.settleTx(c, f, t, token, http.StatusInternalServerError)
 			default:
 				m.leases.stop(&f.lease)
-				m.release(c, f, token, http.StatusInternalServerError)
+				m.release(c.Request.Context(), f, token, http.StatusInternalServerError)
 			}
 		}
 	}()
@@ -301,7 +307,7 @@ func (m *middleware) run(c *gin.Context, f *flight, mark *requestMark, token str
 	default:
 		// Even a lease that could not be renewed: the store's fenced
 		// completion tells whether another request took the key (SPEC 23).
-		m.complete(c, f, token, status) // stops the lease when the record is stored
+		m.complete(c.Request.Context(), f, token, f.rec.result(&f.claim), status) // stops the lease when stored
 	}
 }
 
@@ -312,5 +318,5 @@ func (m *middleware) endWithout(c *gin.Context, f *flight, token string, status 
 		m.emit(c.Request.Context(), f, EventLostLease, status, ErrNotOwner)
 		return
 	}
-	m.release(c, f, token, status)
+	m.release(c.Request.Context(), f, token, status)
 }

@@ -29,6 +29,7 @@ type config struct {
 	required        bool
 	methods         []string
 	skip            func(*gin.Context) bool // nil: no request is skipped
+	keepError       func(error) bool        // a Runner keeps these errors; nil: none
 	scope           func(*gin.Context) string
 	anonymous       bool
 	fingerprint     []FingerprintPart

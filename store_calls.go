@@ -5,8 +5,6 @@ import (
 	"context"
 	"errors"
 	"time"
-
-	"github.com/gin-gonic/gin"
 )
 
 // storeCtx bounds a store call by the store timeout. It is detached from
@@ -22,7 +20,7 @@ func (m *middleware) storeCtx(ctx context.Context) (context.Context, context.Can
 
 // acquire takes the key, or returns the record that holds it. With
 // WithWaitInFlight, it polls with backoff while the holder is in flight.
-func (m *middleware) acquire(c *gin.Context, f *flight) (string, *Record, error) {
+func (m *middleware) acquire(req context.Context, f *flight) (string, *Record, error) {
 	var deadline time.Time
 	if m.waitInFlight > 0 {
 		deadline = time.Now().Add(m.waitInFlight)
@@ -41,7 +39,7 @@ func (m *middleware) acquire(c *gin.Context, f *flight) (string, *Record, error)
 		if !ok {
 			return "", nil, ErrCircuitOpen
 		}
-		ctx, cancel := m.acquireCtx(c.Request.Context()) // a TxStore may first queue on the pool
+		ctx, cancel := m.acquireCtx(req) // a TxStore may first queue on the pool
 		start := time.Now()
 		token, held, err := m.store.Acquire(ctx, f.key, &f.claim, m.lease)
 		f.call = storeCall{StoreAcquire, time.Since(start)}
@@ -61,7 +59,7 @@ func (m *middleware) acquire(c *gin.Context, f *flight) (string, *Record, error)
 		}
 		wait := time.NewTimer(min(pause, left))
 		select {
-		case <-c.Request.Context().Done():
+		case <-req.Done():
 			wait.Stop()
 			return token, held, nil
 		case <-wait.C:
@@ -90,16 +88,15 @@ func validRecord(rec *Record) bool {
 // limit passes: a handler that finished never runs again because one write
 // was briefly refused (SPEC 23). Meanwhile a store that keeps pending
 // answers gives this one to a retry on this process.
-func (m *middleware) complete(c *gin.Context, f *flight, token string, status int) {
-	out := f.rec.result(&f.claim)
-	if m.tryComplete(c.Request.Context(), f, token, out, status, true) { // storeCtx detaches the call
+func (m *middleware) complete(ctx context.Context, f *flight, token string, out *Record, status int) {
+	if m.tryComplete(ctx, f, token, out, status, true) { // storeCtx detaches the call
 		m.leases.stop(&f.lease)
 		return
 	}
 	if p, ok := m.store.(pendingKeeper); ok {
 		p.completing(f.key, token, out, m.ttl)
 	}
-	go m.completeLater(context.WithoutCancel(c.Request.Context()), f, token, out, status)
+	go m.completeLater(context.WithoutCancel(ctx), f, token, out, status)
 }
 
 // tryComplete makes one attempt and reports whether its outcome is final.
@@ -169,9 +166,9 @@ func (m *middleware) completeLater(ctx context.Context, f *flight, token string,
 // retried in the background until the store answers or the lease is
 // surely over: the key is never locked for a whole lease by work that is
 // not running (SPEC 22).
-func (m *middleware) release(c *gin.Context, f *flight, token string, status int) {
-	if m.tryRelease(c.Request.Context(), f, token, status, true) {
+func (m *middleware) release(ctx context.Context, f *flight, token string, status int) {
+	if m.tryRelease(ctx, f, token, status, true) {
 		return
 	}
-	m.releaseLater(context.WithoutCancel(c.Request.Context()), f, token, status)
+	m.releaseLater(context.WithoutCancel(ctx), f, token, status)
 }

@@ -22,7 +22,7 @@ func (m *middleware) begin(c *gin.Context, f *flight, mark *requestMark, token s
 	tx, err := m.txStore.Begin(ctx, f.key, token)
 	cancel()
 	if err != nil {
-		m.release(c, f, token, 0)
+		m.release(c.Request.Context(), f, token, 0)
 		mark.leased = false
 		m.storeFailed(c, f, err)
 		return nil, false
@@ -70,21 +70,28 @@ func (m *middleware) settleTx(c *gin.Context, f *flight, t *txRun, token string,
 			m.emit(ctx, f, EventLostLease, status, ErrNotOwner)
 			return true
 		}
-		m.releaseTx(c, f, t, token, status)
+		m.releaseTx(c.Request.Context(), f, t.tx, token, status)
 		return true
 	case !begun(t.tx):
 		// The handler never used the transaction: the record is stored as on
 		// any store, its completion retried if the store is briefly away.
 		m.rollback(ctx, t.tx)
-		m.complete(c, f, token, status)
+		m.complete(c.Request.Context(), f, token, f.rec.result(&f.claim), status)
 		return true
 	}
+	return m.commit(ctx, f, t.tx, token, f.rec.result(&f.claim), status)
+}
+
+// commit writes out in tx and commits, and reports whether it did. A
+// commit that failed releases the key; one that found the key taken leaves
+// it.
+func (m *middleware) commit(ctx context.Context, f *flight, tx Tx, token string, out *Record, status int) bool {
 	// The transaction's lock keeps the key until the commit, and the
-	// commit's fenced UPDATE tells whether another request took it.
+	// commit's fenced write tells whether another request took it.
 	m.leases.stop(&f.lease)
 	sctx, cancel := m.storeCtx(ctx)
 	start := time.Now()
-	err := t.tx.Commit(sctx, f.rec.result(&f.claim), m.ttl)
+	err := tx.Commit(sctx, out, m.ttl)
 	f.call = storeCall{StoreComplete, time.Since(start)}
 	cancel()
 	switch {
@@ -95,7 +102,7 @@ func (m *middleware) settleTx(c *gin.Context, f *flight, t *txRun, token string,
 		m.emit(ctx, f, EventLostLease, status, err)
 	default:
 		m.emit(ctx, f, EventStoreError, status, err)
-		m.release(c, f, token, status)
+		m.release(ctx, f, token, status)
 	}
 	return false
 }
@@ -104,19 +111,19 @@ func (m *middleware) settleTx(c *gin.Context, f *flight, t *txRun, token string,
 // the transaction's own connection when it has one, so that the release
 // never waits for the pool; when that fails, the key is released as on any
 // store.
-func (m *middleware) releaseTx(c *gin.Context, f *flight, t *txRun, token string, status int) {
-	ctx, cancel := m.storeCtx(c.Request.Context())
+func (m *middleware) releaseTx(req context.Context, f *flight, tx Tx, token string, status int) {
+	ctx, cancel := m.storeCtx(req)
 	start := time.Now()
-	err := t.tx.Release(ctx)
+	err := tx.Release(ctx)
 	f.call = storeCall{StoreRelease, time.Since(start)}
 	cancel()
 	switch {
 	case err == nil:
-		m.emit(c.Request.Context(), f, EventReleased, status, nil)
+		m.emit(req, f, EventReleased, status, nil)
 	case errors.Is(err, ErrNotOwner):
-		m.emit(c.Request.Context(), f, EventLostLease, status, err)
+		m.emit(req, f, EventLostLease, status, err)
 	default:
-		m.release(c, f, token, status)
+		m.release(req, f, token, status)
 	}
 }
 

@@ -262,7 +262,20 @@ func Tx(c *gin.Context) pgx.Tx {
 	if !ok {
 		return nil
 	}
-	p, ok := t.(interface{ PgxTx() pgx.Tx })
+	return TxOf(t)
+}
+
+// TxOf returns the pgx transaction of tx, the transaction an
+// [idempotency.Runner] gives its function on a [Store]; nil for another
+// store's. The function writes through it, and its writes commit with the
+// call's record.
+//
+//	runner.Do(ctx, call, func(ctx context.Context, tx idempotency.Tx) ([]byte, error) {
+//		_, err := pgstore.TxOf(tx).Exec(ctx, "INSERT INTO payments (id) VALUES ($1)", id)
+//		return nil, err
+//	})
+func TxOf(tx idempotency.Tx) pgx.Tx {
+	p, ok := tx.(interface{ PgxTx() pgx.Tx })
 	if !ok {
 		return nil
 	}
