@@ -2,7 +2,6 @@ package idempotency
 
 import (
 	"context"
-	"errors"
 	"time"
 )
 
@@ -28,28 +27,11 @@ type pendingKeeper interface {
 }
 
 // tryRelease makes one release attempt and reports whether its outcome is
-// final. The first attempt reports its outcome as an event; a background
-// one reports only its success.
+// final (see tryStore).
 func (m *middleware) tryRelease(ctx context.Context, f *flight, token string, status int, first bool) bool {
-	sctx, cancel := m.storeCtx(ctx)
-	defer cancel()
-	start := time.Now()
-	err := m.store.Release(sctx, f.key, token)
-	f.call = storeCall{StoreRelease, time.Since(start)}
-	switch {
-	case errors.Is(err, ErrNotOwner):
-		if first {
-			m.emit(ctx, f, EventLostLease, status, err)
-		}
-	case err != nil:
-		if first {
-			m.emit(ctx, f, EventStoreError, status, err)
-		}
-		return false
-	default:
-		m.emit(ctx, f, EventReleased, status, nil)
-	}
-	return true
+	return m.tryStore(ctx, f, StoreRelease, EventReleased, status, first, func(sctx context.Context) error {
+		return m.store.Release(sctx, f.key, token)
+	})
 }
 
 // releaseLater hands a release that failed to the store when it keeps

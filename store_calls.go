@@ -99,14 +99,24 @@ func (m *middleware) complete(ctx context.Context, f *flight, token string, out 
 	go m.completeLater(context.WithoutCancel(ctx), f, token, out, status)
 }
 
-// tryComplete makes one attempt and reports whether its outcome is final.
-// Only the first failure is reported as a store error.
+// tryComplete makes one completion attempt and reports whether its
+// outcome is final (see tryStore).
 func (m *middleware) tryComplete(ctx context.Context, f *flight, token string, out *Record, status int, first bool) bool {
+	return m.tryStore(ctx, f, StoreComplete, EventCompleted, status, first, func(sctx context.Context) error {
+		return m.store.Complete(sctx, f.key, token, out, m.ttl)
+	})
+}
+
+// tryStore makes one call of op within the store timeout and reports
+// whether its outcome is final: done (the event done), or the key no
+// longer the token's (lost lease). Only the first failure is reported as a
+// store error: background retries stay quiet until they end.
+func (m *middleware) tryStore(ctx context.Context, f *flight, op StoreOp, done EventKind, status int, first bool, call func(context.Context) error) bool {
 	sctx, cancel := m.storeCtx(ctx)
 	defer cancel()
 	start := time.Now()
-	err := m.store.Complete(sctx, f.key, token, out, m.ttl)
-	f.call = storeCall{StoreComplete, time.Since(start)}
+	err := call(sctx)
+	f.call = storeCall{op, time.Since(start)}
 	switch {
 	case errors.Is(err, ErrNotOwner):
 		m.emit(ctx, f, EventLostLease, status, err)
@@ -116,7 +126,7 @@ func (m *middleware) tryComplete(ctx context.Context, f *flight, token string, o
 		}
 		return false
 	default:
-		m.emit(ctx, f, EventCompleted, status, nil)
+		m.emit(ctx, f, done, status, nil)
 	}
 	return true
 }
