@@ -14,31 +14,35 @@ import (
 )
 
 // TestRedisLocalCache_ReplaysWithoutRoundTrip: instance A completes a key
-// and replays it from its local cache with no Redis call; instance B, which
-// has not seen the record, replays it from Redis with one.
+// and replays it from its local cache with nothing sent to Redis; instance
+// B, which has not seen the record, replays it from Redis (SET NX, then the
+// script that reads the record), then from its own cache.
 func TestRedisLocalCache_ReplaysWithoutRoundTrip(t *testing.T) {
 	srv := startRedisServer(t) // skips without redis-server: miniredis has no commandstats
 	clientA, clientB := newRedisClient(t, srv.addr), newRedisClient(t, srv.addr)
+	countA, countB := countCommands(clientA), countCommands(clientB)
 	var runs, arrived atomic.Int32
 	a := newOrderService(t, idem.NewRedisStore(clientA), &runs, &arrived, nil)
 	b := newOrderService(t, idem.NewRedisStore(clientB), &runs, &arrived, nil)
 	httpClient := newHTTPClient(t)
-	calls := func(step func()) int { return evalDelta(t, clientA, step) }
-	require.Equal(t, http.StatusCreated, postOrder(httpClient, a.srv, "0b0b2e0c-5f4c-4b7e-9a3d-2f1c6e8d9a10").status) // warm the scripts
+	const warmKey = "0b0b2e0c-5f4c-4b7e-9a3d-2f1c6e8d9a10" // warms the scripts and B's connection
+	require.Equal(t, http.StatusCreated, postOrder(httpClient, a.srv, warmKey).status)
+	require.True(t, postOrder(httpClient, b.srv, warmKey).replayed())
 
 	var original redisResp
-	assert.Equal(t, 2, calls(func() { original = postOrder(httpClient, a.srv, redisHTTPKey) }), "first request: acquire + complete")
-	assert.Equal(t, 0, calls(func() {
+	assert.Equal(t, sent{2, "evalsha×1 set×1"}, countA.during(func() { original = postOrder(httpClient, a.srv, redisHTTPKey) }),
+		"first request: acquire + complete")
+	assert.Equal(t, sent{}, countA.during(func() {
 		r := postOrder(httpClient, a.srv, redisHTTPKey)
 		require.True(t, r.replayed())
 		assert.Equal(t, original.body, r.body)
 	}), "replay on A: from A's cache")
-	assert.Equal(t, 1, calls(func() {
+	assert.Equal(t, sent{2, "evalsha×1 set×1"}, countB.during(func() {
 		r := postOrder(httpClient, b.srv, redisHTTPKey)
 		require.True(t, r.replayed())
 		assert.Equal(t, original.body, r.body)
 	}), "replay on B: from Redis")
-	assert.Equal(t, 0, calls(func() { require.True(t, postOrder(httpClient, b.srv, redisHTTPKey).replayed()) }),
+	assert.Equal(t, sent{}, countB.during(func() { require.True(t, postOrder(httpClient, b.srv, redisHTTPKey).replayed()) }),
 		"B cached what it read")
 	assert.Equal(t, int32(2), runs.Load(), "the warm-up and the first request")
 }

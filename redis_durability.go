@@ -80,26 +80,44 @@ func (s *RedisStore) runScript(ctx context.Context, script *redis.Script, key st
 	if s.waitReplicas == 0 {
 		return script.Run(ctx, s.client, keys, args...), nil
 	}
+	var cmd *redis.Cmd
+	replicated, err := s.processWaited(ctx, key, func(p redis.Pipeliner, eval bool) redis.Cmder {
+		if eval {
+			cmd = script.Eval(ctx, p, keys, args...)
+		} else {
+			cmd = script.EvalSha(ctx, p, keys, args...)
+		}
+		return cmd
+	})
+	if cmd == nil { // not sent: no master for the key
+		cmd = redis.NewCmd(ctx)
+		cmd.SetErr(err)
+	}
+	return cmd, replicated
+}
+
+// processWaited sends the command that queue adds to a pipeline, then WAIT
+// for the store's replicas, in one round trip to the master of key's
+// record (on a Cluster too: WAIT has no key). queue is called again with
+// eval true when the command was a script's EVALSHA and the server's
+// script cache lacked it. It returns the command's error, or the one that
+// kept it from being sent, and apart from it a replication shortfall, an
+// error wrapping ErrNotReplicated.
+func (s *RedisStore) processWaited(ctx context.Context, key string, queue func(p redis.Pipeliner, eval bool) redis.Cmder) (replicated, err error) {
 	var target scriptPipeliner = s.client
 	cluster, isCluster := s.client.(*redis.ClusterClient)
 	if isCluster {
-		master, err := cluster.MasterForKey(ctx, keys[0])
+		master, err := cluster.MasterForKey(ctx, s.redisKey(key))
 		if err != nil {
-			cmd := redis.NewCmd(ctx)
-			cmd.SetErr(err)
-			return cmd, nil
+			return nil, err
 		}
 		target = master // WAIT has no key: it must go to the record's master
 	}
-	run := func(eval bool) (*redis.Cmd, *redis.IntCmd) {
-		var cmd *redis.Cmd
+	run := func(eval bool) (redis.Cmder, *redis.IntCmd) {
+		var cmd redis.Cmder
 		var wait *redis.IntCmd
 		_, _ = target.Pipelined(ctx, func(p redis.Pipeliner) error {
-			if eval {
-				cmd = script.Eval(ctx, p, keys, args...)
-			} else {
-				cmd = script.EvalSha(ctx, p, keys, args...)
-			}
+			cmd = queue(p, eval)
 			wait = redis.NewIntCmd(ctx, "wait", s.waitReplicas, s.waitTimeout.Milliseconds())
 			_ = p.Process(ctx, wait)
 			return nil
@@ -109,23 +127,23 @@ func (s *RedisStore) runScript(ctx context.Context, script *redis.Script, key st
 	cmd, wait := run(false)
 	if isCluster && (redis.HasErrorPrefix(cmd.Err(), "MOVED") || redis.HasErrorPrefix(cmd.Err(), "ASK")) {
 		// The slot moved (a failover, a resharding) and the node client
-		// does not follow redirects: the script did not run. The error
+		// does not follow redirects: the command did not run. The error
 		// goes back (a 503 for an acquisition, a retried completion), and
 		// the cluster reloads its slots for the next call.
 		cluster.ReloadState(ctx)
-		return cmd, nil
+		return nil, cmd.Err()
 	}
 	if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
 		cmd, wait = run(true) // a flushed script cache or a new master: one more round trip
 	}
-	if cmd.Err() != nil {
-		return cmd, nil
+	if err := cmd.Err(); err != nil {
+		return nil, err
 	}
 	if err := wait.Err(); err != nil {
-		return cmd, fmt.Errorf("%w: WAIT: %w", ErrNotReplicated, err)
+		return fmt.Errorf("%w: WAIT: %w", ErrNotReplicated, err), nil
 	}
 	if got := wait.Val(); got < int64(s.waitReplicas) {
-		return cmd, fmt.Errorf("%w: %d of %d replicas within %v", ErrNotReplicated, got, s.waitReplicas, s.waitTimeout)
+		return fmt.Errorf("%w: %d of %d replicas within %v", ErrNotReplicated, got, s.waitReplicas, s.waitTimeout), nil
 	}
-	return cmd, nil
+	return nil, nil
 }

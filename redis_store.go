@@ -18,9 +18,11 @@ import (
 // Each record is one Redis string under <prefix>{<key>}: the key is a hash
 // tag, so a record never spans Cluster slots. Leases and record lifetimes
 // are Redis' own expiry (PX), so a process that dies holds a key for at most
-// one lease. Each Store method is one Lua script, run with EVALSHA (EVAL
-// when the server's script cache lacks it): a first request costs two round
-// trips (Acquire, Complete), a replay or a conflict one.
+// one lease. A new key is acquired with one plain SET NX; every other step
+// is one Lua script, run with EVALSHA (EVAL when the server's script cache
+// lacks it): a first request costs two round trips (Acquire, Complete), a
+// replay or a conflict two when the local cache does not have it (SET NX,
+// then the script that reads the record), a replay in the cache none.
 //
 // A RedisStore is safe for concurrent use; it does not own the client and
 // never closes it. Besides its configuration it holds a bounded local cache
@@ -77,106 +79,6 @@ func NewRedisStore(client redis.UniversalClient, opts ...RedisStoreOption) *Redi
 		s.cache = NewMemoryStore(WithMaxEntries(s.cacheEntries), WithMaxBytes(s.cacheBytes), WithClock(s.now))
 	}
 	return s
-}
-
-// acquireScript takes a free key or reads the record that holds it. It
-// reads before it writes, so that under a full Redis with noeviction a held
-// key is still answered (only a new key is refused).
-// KEYS[1] is the record key; ARGV[1] the new in-flight record, ARGV[2] the
-// lease in ms, ARGV[3] the largest record the caller decodes, ARGV[4] the
-// head of an in-flight record of this process whose acquisition timed out
-// (an orphan, which this acquisition takes over), or ""; ARGV[5] the marker
-// of a key deleted while in flight, which it takes like a free key.
-// Replies: {0} acquired; {1, record, pttl} held; {2, size} held by a value
-// too large to read; {3} held by a value that is not a string.
-// STRLEN goes through pcall because it raises WRONGTYPE on a hash or list.
-var acquireScript = redis.NewScript(`
-local n = redis.pcall('STRLEN', KEYS[1])
-if type(n) ~= 'number' then
-  return {3}
-end
-if (n == 0 and redis.call('EXISTS', KEYS[1]) == 0) or
-   (n == #ARGV[5] and redis.call('GET', KEYS[1]) == ARGV[5]) or
-   (ARGV[4] ~= '' and redis.call('GETRANGE', KEYS[1], 0, #ARGV[4] - 1) == ARGV[4]) then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return {0}
-end
-if n > tonumber(ARGV[3]) then
-  return {2, n}
-end
-return {1, redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
-`)
-
-// Acquire implements [Store]: one round trip, or none for a completed
-// record in the local cache. A value under the key that is not a readable
-// record is an error wrapping [ErrCorruptRecord]; Acquire leaves it in
-// place.
-func (s *RedisStore) Acquire(ctx context.Context, key string, claim *Record, lease time.Duration) (string, *Record, error) {
-	if err := ctx.Err(); err != nil {
-		return "", nil, err
-	}
-	if held := s.Cached(key); held != nil {
-		return "", held, nil
-	}
-	var inFlight Record
-	if claim != nil {
-		inFlight = Record{Fingerprint: claim.Fingerprint, Method: claim.Method, Path: claim.Path}
-	}
-	token := newRedisToken()
-	value := encodeRecord(InFlight, token, &inFlight)
-	if len(value) > s.maxSize {
-		return "", nil, fmt.Errorf("idempotency: redis acquire: claim of %d bytes exceeds the maximum record size %d", len(value), s.maxSize)
-	}
-	orphanHead := ""
-	orphan, hasOrphan := s.takeOrphan(key)
-	if hasOrphan {
-		orphanHead = ownerHead(orphan.token)
-	}
-	start := s.now() // before Redis reads the PTTL: start+PTTL is never past the real expiry
-	cmd, replicated := s.runScript(ctx, acquireScript, key, value, millis(lease), s.maxSize, orphanHead, forgottenValue)
-	reply, err := cmd.Slice()
-	if err != nil {
-		if hasOrphan { // still to release, whether Redis answered or not
-			s.requeueOrphan(key, orphan)
-		}
-		if maybeApplied(err) {
-			s.addOrphan(key, token, time.Now().Add(2*lease)) // the script may run late, when a stalled Redis wakes
-		}
-		return "", nil, fmt.Errorf("idempotency: redis acquire: %w", err)
-	}
-	code, _ := replyInt(reply, 0)
-	switch {
-	case code == 0 && len(reply) == 1:
-		if replicated != nil { // a lease a failover could forget: give it back
-			s.giveBack(ctx, key, token, lease)
-			return "", nil, fmt.Errorf("idempotency: redis acquire: %w", replicated)
-		}
-		return token.String(), nil, nil
-	case code == 1 && len(reply) == 3:
-		raw, ok := reply[1].(string)
-		pttl, ok2 := replyInt(reply, 2)
-		if !ok || !ok2 {
-			break
-		}
-		if pttl < 0 {
-			return "", nil, fmt.Errorf("%w: the key has no expiry", ErrCorruptRecord)
-		}
-		held, err := decodeRecord(raw, s.maxSize)
-		if err != nil {
-			return "", nil, err
-		}
-		held.ExpiresAt = start.Add(time.Duration(pttl) * time.Millisecond)
-		if held.State == Completed {
-			s.cacheRecord(key, held, start)
-		}
-		return "", held, nil
-	case code == 2:
-		size, _ := replyInt(reply, 1)
-		return "", nil, fmt.Errorf("%w: %d bytes, more than the maximum record size %d", ErrCorruptRecord, size, s.maxSize)
-	case code == 3:
-		return "", nil, fmt.Errorf("%w: the key holds a value that is not a string", ErrCorruptRecord)
-	}
-	return "", nil, fmt.Errorf("idempotency: redis acquire: unexpected reply %.100v", reply)
 }
 
 // completeScript stores the completed record of a token: over the

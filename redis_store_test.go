@@ -351,62 +351,185 @@ func TestSpec10_RedisOneWinnerAcrossClients(t *testing.T) {
 	}
 }
 
-// TestRedisStore_OneRoundTripPerStep counts EVALSHA and EVAL calls in INFO
-// commandstats on a server of its own: every step is one script call, so a
-// first request costs two round trips and a replay or a conflict one.
-func TestRedisStore_OneRoundTripPerStep(t *testing.T) {
+// TestRedisStore_RoundTripsPerStep counts what the store sends for each
+// step (a go-redis hook on the client) and the scripts that the server runs
+// (INFO commandstats, on a server of its own): a new key is one plain SET,
+// no script; a completion, renewal or release one script; a key that
+// something holds is SET, then the script that reads it.
+func TestRedisStore_RoundTripsPerStep(t *testing.T) {
 	srv := startRedisServer(t) // skips without redis-server: miniredis has no commandstats
 	ctx := storeCtx(t)
 	client := newRedisClient(t, srv.addr)
+	counter := countCommands(client)
 	s := idem.NewRedisStore(client, idem.WithRedisLocalCache(0, 0)) // every step goes to Redis
-	calls := func(step func()) int { return evalDelta(t, client, step) }
-
-	// A cold script cache costs one extra call (EVALSHA answers NOSCRIPT,
-	// then EVAL), once per script and server; warm every script first.
-	assert.Equal(t, 2, calls(func() {
-		_, _, err := s.Acquire(ctx, "warm", testClaim, time.Minute)
-		require.NoError(t, err)
-	}), "cold acquire: EVALSHA (NOSCRIPT) + EVAL")
-	token, _, err := s.Acquire(ctx, "warm2", testClaim, time.Minute)
-	require.NoError(t, err)
-	require.NoError(t, s.Extend(ctx, "warm2", token, time.Minute))
-	require.NoError(t, s.Release(ctx, "warm2", token))
-	token, _, err = s.Acquire(ctx, "warm2", testClaim, time.Minute)
-	require.NoError(t, err)
-	require.NoError(t, s.Complete(ctx, "warm2", token, completed(201, "{}"), time.Hour))
+	check := func(name string, want sent, scripts int, step func()) {
+		t.Helper()
+		var got sent
+		ran := evalDelta(t, client, func() { got = counter.during(step) })
+		assert.Equal(t, want, got, name+": sent")
+		assert.Equal(t, scripts, ran, name+": scripts run (EVALSHA and EVAL)")
+	}
 
 	var first string
-	assert.Equal(t, 1, calls(func() {
+	check("a new key, even with a cold script cache", sent{1, "set×1"}, 0, func() {
+		var err error
 		first, _, err = s.Acquire(ctx, "k", testClaim, time.Minute)
 		require.NoError(t, err)
 		require.NotEmpty(t, first)
-	}), "acquire")
-	assert.Equal(t, 1, calls(func() {
+	})
+	// A cold script cache costs one extra call (EVALSHA answers NOSCRIPT,
+	// then EVAL), once per script and server.
+	check("a cold script: EVALSHA (NOSCRIPT), then EVAL", sent{2, "eval×1 evalsha×1"}, 2, func() {
+		require.NoError(t, s.Extend(ctx, "k", first, time.Minute))
+	})
+	// Warm the other scripts on another key.
+	token, _, err := s.Acquire(ctx, "warm", testClaim, time.Minute)
+	require.NoError(t, err)
+	_, held, err := s.Acquire(ctx, "warm", testClaim, time.Minute) // the acquire script
+	require.NoError(t, err)
+	require.NotNil(t, held)
+	require.NoError(t, s.Complete(ctx, "warm", token, completed(201, "{}"), time.Hour))
+	token, _, err = s.Acquire(ctx, "warm2", testClaim, time.Minute)
+	require.NoError(t, err)
+	require.NoError(t, s.Release(ctx, "warm2", token))
+
+	check("in-flight conflict", sent{2, "evalsha×1 set×1"}, 1, func() {
 		_, held, err := s.Acquire(ctx, "k", testClaim, time.Minute)
 		require.NoError(t, err)
 		require.NotNil(t, held)
-	}), "in-flight conflict")
-	assert.Equal(t, 1, calls(func() { require.NoError(t, s.Extend(ctx, "k", first, time.Minute)) }), "extend")
-	assert.Equal(t, 1, calls(func() {
+		assert.Equal(t, idem.InFlight, held.State)
+	})
+	check("extend", sent{1, "evalsha×1"}, 1, func() { require.NoError(t, s.Extend(ctx, "k", first, time.Minute)) })
+	check("complete", sent{1, "evalsha×1"}, 1, func() {
 		require.NoError(t, s.Complete(ctx, "k", first, completed(201, `{"id":1}`), time.Hour))
-	}), "complete")
-	assert.Equal(t, 1, calls(func() {
+	})
+	check("replay from Redis", sent{2, "evalsha×1 set×1"}, 1, func() {
 		_, held, err := s.Acquire(ctx, "k", testClaim, time.Minute)
 		require.NoError(t, err)
 		require.NotNil(t, held)
 		assert.Equal(t, idem.Completed, held.State)
-	}), "replay")
+	})
 	token, _, err = s.Acquire(ctx, "r", testClaim, time.Minute)
 	require.NoError(t, err)
-	assert.Equal(t, 1, calls(func() { require.NoError(t, s.Release(ctx, "r", token)) }), "release")
+	check("release", sent{1, "evalsha×1"}, 1, func() { require.NoError(t, s.Release(ctx, "r", token)) })
 
 	t.Run("a flushed script cache costs one extra call, not an error", func(t *testing.T) {
 		require.NoError(t, client.ScriptFlush(ctx).Err())
-		assert.Equal(t, 2, calls(func() {
+		check("held key after SCRIPT FLUSH", sent{3, "eval×1 evalsha×1 set×1"}, 2, func() {
 			_, held, err := s.Acquire(ctx, "k", testClaim, time.Minute)
 			require.NoError(t, err)
 			require.NotNil(t, held)
-		}))
+		})
+	})
+}
+
+// TestRedisStore_HeldKeyOnAFullRedis: Redis full with noeviction refuses
+// the plain SET of an acquisition with OOM even when the key is held; the
+// store then runs the acquire script, which reads first, so a held key is
+// still answered (a completed record, an in-flight one), in one more round
+// trip, and a new key is refused with Redis' error.
+func TestRedisStore_HeldKeyOnAFullRedis(t *testing.T) {
+	srv := startRedisServer(t) // miniredis has no maxmemory
+	ctx := storeCtx(t)
+	client, admin := newRedisClient(t, srv.addr), newRedisClient(t, srv.addr)
+	counter := countCommands(client)
+	s := idem.NewRedisStore(client, idem.WithRedisLocalCache(0, 0))
+	token, _, err := s.Acquire(ctx, "done", testClaim, time.Minute)
+	require.NoError(t, err)
+	require.NoError(t, s.Complete(ctx, "done", token, completed(201, `{"id":1}`), time.Hour))
+	running, _, err := s.Acquire(ctx, "running", testClaim, time.Minute)
+	require.NoError(t, err)
+	_, held, err := s.Acquire(ctx, "running", testClaim, time.Minute) // warms the acquire script
+	require.NoError(t, err)
+	require.NotNil(t, held)
+
+	require.NoError(t, admin.ConfigSet(ctx, "maxmemory-policy", "noeviction").Err())
+	require.NoError(t, admin.ConfigSet(ctx, "maxmemory", "1").Err())
+	t.Cleanup(func() { _ = admin.ConfigSet(context.Background(), "maxmemory", "0").Err() })
+
+	assert.Equal(t, sent{2, "evalsha×1 set×1"}, counter.during(func() {
+		_, held, err := s.Acquire(ctx, "done", testClaim, time.Minute)
+		require.NoError(t, err)
+		require.NotNil(t, held)
+		assert.Equal(t, idem.Completed, held.State)
+		assert.Equal(t, []byte(`{"id":1}`), held.Body)
+	}), "a completed key: SET (OOM), then the acquire script")
+	_, held, err = s.Acquire(ctx, "running", testClaim, time.Minute)
+	require.NoError(t, err)
+	require.NotNil(t, held)
+	assert.Equal(t, idem.InFlight, held.State)
+	assert.Equal(t, running, held.Token)
+	_, _, err = s.Acquire(ctx, "new", testClaim, time.Minute)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "OOM")
+}
+
+// TestRedisStore_AcquisitionWhoseReplyWasLost: when the SET of an
+// acquisition took the key but its reply was lost and the client sent it
+// again (go-redis retries a command whose connection broke), the second
+// SET finds the key held; the acquire script then reads the acquisition's
+// own record, and Acquire returns its token instead of a conflict with
+// itself.
+func TestRedisStore_AcquisitionWhoseReplyWasLost(t *testing.T) {
+	forEachRedis(t, func(t *testing.T, client redis.UniversalClient, prefix string, _ func(time.Duration)) {
+		ctx := storeCtx(t)
+		client.AddHook(sendSetTwice{})
+		s := idem.NewRedisStore(client, idem.WithRedisKeyPrefix(prefix))
+		token, held, err := s.Acquire(ctx, "k", testClaim, time.Minute)
+		require.NoError(t, err)
+		require.Nil(t, held, "not a conflict with itself")
+		require.NotEmpty(t, token)
+		require.NoError(t, s.Complete(ctx, "k", token, completed(201, `{"id":1}`), time.Hour), "the token owns the key")
+	})
+}
+
+// sendSetTwice sends each SET a second time, as a client does whose first
+// reply was lost; the command keeps the second reply.
+type sendSetTwice struct{}
+
+func (sendSetTwice) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (sendSetTwice) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (sendSetTwice) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() == "set" {
+			if err := next(ctx, cmd); err != nil {
+				return err
+			}
+		}
+		return next(ctx, cmd)
+	}
+}
+
+// TestRedisStore_WaitWithoutReplicas: with WithRedisWaitReplicas on a
+// Redis that has no replicas, WAIT (pipelined with the acquisition's SET or
+// with a script, on a Cluster sent to the key's master) comes back short:
+// an acquisition fails with ErrNotReplicated and gives its lease back, a
+// held key is still answered, and a completion reports the shortfall.
+func TestRedisStore_WaitWithoutReplicas(t *testing.T) {
+	forEachRedis(t, func(t *testing.T, client redis.UniversalClient, prefix string, _ func(time.Duration)) {
+		ctx := storeCtx(t)
+		waiting := idem.NewRedisStore(client, idem.WithRedisKeyPrefix(prefix), idem.WithRedisWaitReplicas(1, 20*time.Millisecond))
+		plain := idem.NewRedisStore(client, idem.WithRedisKeyPrefix(prefix), idem.WithRedisLocalCache(0, 0))
+
+		_, _, err := waiting.Acquire(ctx, "k", testClaim, time.Minute)
+		require.ErrorIs(t, err, idem.ErrNotReplicated)
+		token, held, err := plain.Acquire(ctx, "k", testClaim, time.Minute)
+		require.NoError(t, err)
+		require.Nil(t, held, "the lease was given back")
+
+		_, held, err = waiting.Acquire(ctx, "k", testClaim, time.Minute)
+		require.NoError(t, err, "a held key is answered")
+		require.NotNil(t, held)
+		assert.Equal(t, idem.InFlight, held.State)
+
+		err = waiting.Complete(ctx, "k", token, completed(201, `{"id":1}`), time.Hour)
+		require.ErrorIs(t, err, idem.ErrNotReplicated)
+		_, held, err = plain.Acquire(ctx, "k", testClaim, time.Minute)
+		require.NoError(t, err)
+		require.NotNil(t, held)
+		assert.Equal(t, idem.Completed, held.State, "the record is written; only its replication is short")
 	})
 }
 
@@ -664,35 +787,47 @@ func TestSpec10_RedisTwoReplicasOneHandlerRun(t *testing.T) {
 	}
 }
 
-// TestRedisStore_RoundTripsOverHTTP counts EVALSHA and EVAL calls per
-// request on a server of its own: a first request costs two (Acquire,
-// Complete), a replay one, an in-flight conflict one.
+// TestRedisStore_RoundTripsOverHTTP counts what the store sends per
+// request (a go-redis hook) and the scripts the server runs (INFO
+// commandstats), on a server of its own: a first request costs two round
+// trips, a plain SET and the complete script; a replay from Redis and an
+// in-flight conflict two, SET then the script that reads the record; a
+// replay from the local cache none.
 func TestRedisStore_RoundTripsOverHTTP(t *testing.T) {
 	srv := startRedisServer(t) // skips without redis-server: miniredis has no commandstats
 	client := newRedisClient(t, srv.addr)
+	counter := countCommands(client)
 	var runs, arrived atomic.Int32
 	gate := make(chan struct{})
 	var openGate sync.Once
 	t.Cleanup(func() { openGate.Do(func() { close(gate) }) })
 	svc := newOrderService(t, idem.NewRedisStore(client, idem.WithRedisLocalCache(0, 0)), &runs, &arrived, gate)
 	httpClient := newHTTPClient(t)
-	calls := func(step func()) int { return evalDelta(t, client, step) }
+	check := func(name string, want sent, scripts int, step func()) {
+		t.Helper()
+		var got sent
+		ran := evalDelta(t, client, func() { got = counter.during(step) })
+		assert.Equal(t, want, got, name+": sent")
+		assert.Equal(t, scripts, ran, name+": scripts run (EVALSHA and EVAL)")
+	}
 
 	// Warm the script cache (a cold script costs one NOSCRIPT reply once).
 	openGate.Do(func() { close(gate) })
-	require.Equal(t, http.StatusCreated, postOrder(httpClient, svc.srv, "0b0b2e0c-5f4c-4b7e-9a3d-2f1c6e8d9a10").status)
+	const warmKey = "0b0b2e0c-5f4c-4b7e-9a3d-2f1c6e8d9a10"
+	require.Equal(t, http.StatusCreated, postOrder(httpClient, svc.srv, warmKey).status)
+	require.True(t, postOrder(httpClient, svc.srv, warmKey).replayed())
 
-	assert.Equal(t, 2, calls(func() {
+	check("first request: SET NX, then the complete script", sent{2, "evalsha×1 set×1"}, 1, func() {
 		r := postOrder(httpClient, svc.srv, redisHTTPKey)
 		require.NoError(t, r.err)
 		require.Equal(t, http.StatusCreated, r.status)
 		require.False(t, r.replayed())
-	}), "first request: acquire + complete")
-	assert.Equal(t, 1, calls(func() {
+	})
+	check("replay from Redis: SET NX, then the acquire script", sent{2, "evalsha×1 set×1"}, 1, func() {
 		r := postOrder(httpClient, svc.srv, redisHTTPKey)
 		require.NoError(t, r.err)
 		require.True(t, r.replayed())
-	}), "replay: acquire")
+	})
 
 	// An in-flight conflict: a new key whose handler waits at a new gate.
 	var runs2, arrived2 atomic.Int32
@@ -704,15 +839,18 @@ func TestRedisStore_RoundTripsOverHTTP(t *testing.T) {
 	first := make(chan redisResp, 1)
 	go func() { first <- postOrder(httpClient, slow.srv, slowKey) }()
 	require.Eventually(t, func() bool { return runs2.Load() == 1 }, 10*time.Second, time.Millisecond, "the first request runs")
-	assert.Equal(t, 1, calls(func() {
+	check("in-flight conflict: SET NX, then the acquire script", sent{2, "evalsha×1 set×1"}, 1, func() {
 		r := postOrder(httpClient, slow.srv, slowKey)
 		require.NoError(t, r.err)
 		require.Equal(t, http.StatusConflict, r.status)
-	}), "in-flight conflict: acquire")
+	})
 	openGate2.Do(func() { close(gate2) })
 	r := <-first
 	require.NoError(t, r.err)
 	assert.Equal(t, http.StatusCreated, r.status)
+	check("replay from the local cache: nothing", sent{}, 0, func() {
+		require.True(t, postOrder(httpClient, slow.srv, slowKey).replayed())
+	})
 }
 
 // TestSpec22_RedisDownOverHTTP stops Redis under a running service: a
