@@ -32,6 +32,7 @@ func (m *middleware) begin(c *gin.Context, f *flight, mark *requestMark, token s
 	t.hold = newHoldWriter(c.Writer, m.maxResponse, func() bool {
 		// The response outgrew the cap: it commits now and streams the
 		// rest, kept without a body (SPEC 15, 31).
+		f.noKeep = mark.noKeep
 		return m.settleTx(c, f, t, token, f.rec.Status())
 	})
 	return t, true
