@@ -106,17 +106,13 @@ func parseRedisToken(s string) (redisToken, bool) {
 }
 
 // ownerHead is the record head that token's in-flight record starts with:
-// the scripts compare it against the first bytes of the stored value.
-func ownerHead(t redisToken) string { return recordHead(InFlight, t) }
-
-// completedHead is the head of the record token completed: a completion
-// retried after a reply was lost finds its own record, not a stranger's.
-func completedHead(t redisToken) string { return recordHead(Completed, t) }
-
-func recordHead(state State, t redisToken) string {
+// the scripts compare it against the first bytes of the stored value. (A
+// completed record starts with the same head, state Completed: the
+// complete script finds a record its token already stored by it.)
+func ownerHead(t redisToken) string {
 	var b [recordHeadLen]byte
 	b[0] = recordVersion
-	b[1] = byte(state)
+	b[1] = byte(InFlight)
 	copy(b[2:], t[:])
 	return string(b[:])
 }

@@ -86,20 +86,22 @@ func NewRedisStore(client redis.UniversalClient, opts ...RedisStoreOption) *Redi
 // when that in-flight record expired during an outage longer than the
 // lease and no other request took the key meanwhile (SPEC 23).
 // KEYS[1] is the record key; ARGV[1] the owner's record head (version,
-// InFlight, token), ARGV[2] the completed record, ARGV[3] its ttl in ms,
-// ARGV[4] the head of the record this token completed. Replies 1 when
-// stored, 2 when this very record is already stored by this token (a retry
-// after a lost reply, or to wait for replicas again), 0 when the key holds
-// anything else: another token's record, another record of this token, or
-// the marker an operator's Delete left in place of the token's in-flight
-// record (pcall: a key of another type is simply not owned).
+// InFlight, token), ARGV[2] the completed record, which starts with the
+// head of the record this token completed (version, Completed, token),
+// ARGV[3] its ttl in ms. Replies 1 when stored, 2 when this very record is
+// already stored by this token (a retry after a lost reply, or to wait for
+// replicas again), 0 when the key holds anything else: another token's
+// record, another record of this token, or the marker an operator's Delete
+// left in place of the token's in-flight record (pcall: a key of another
+// type is simply not owned). A completion runs two commands, GETRANGE and
+// SET; the rest only when the token does not own the key.
 var completeScript = redis.NewScript(`
 local head = redis.pcall('GETRANGE', KEYS[1], 0, #ARGV[1] - 1)
 if head == ARGV[1] or (head == '' and redis.call('EXISTS', KEYS[1]) == 0) then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   return 1
 end
-if head == ARGV[4] and redis.call('GET', KEYS[1]) == ARGV[2] then
+if head == string.sub(ARGV[2], 1, #ARGV[1]) and redis.call('GET', KEYS[1]) == ARGV[2] then
   return 2
 end
 return 0
@@ -129,7 +131,7 @@ func (s *RedisStore) Complete(ctx context.Context, key, token string, rec *Recor
 		return err
 	}
 	start := s.now()
-	cmd, replicated := s.runScript(ctx, completeScript, key, ownerHead(owner), value, millis(ttl), completedHead(owner))
+	cmd, replicated := s.runScript(ctx, completeScript, key, ownerHead(owner), value, millis(ttl))
 	n, err := cmd.Int64()
 	switch {
 	case err != nil:
@@ -141,8 +143,9 @@ func (s *RedisStore) Complete(ctx context.Context, key, token string, rec *Recor
 	}
 	if s.cache != nil {
 		kept := *stored
-		kept.State, kept.Token, kept.ExpiresAt = Completed, token, start.Add(ttl)
-		s.cacheRecord(key, &kept, start)
+		kept.State, kept.Token = Completed, token
+		kept.ExpiresAt = start.Add(min(ttl, s.cacheMaxAge)) // what cacheRecord caps it to: no second copy
+		s.cache.keep(key, &kept)
 	}
 	return nil
 }
