@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -202,8 +203,18 @@ func redisBenchStore(b *testing.B, opts ...idem.RedisStoreOption) idem.Store {
 // redisBench is redisBenchStore, with a function that reports the CPU time
 // per request the redis-server used while fn ran, as redis-cpu-ns/op.
 func redisBench(b *testing.B, opts ...idem.RedisStoreOption) (idem.Store, func(fn func())) {
+	return redisBenchWith(b, nil, opts...)
+}
+
+// redisBenchWith is redisBench with client options of the benchmark's own,
+// set by configure over the defaults.
+func redisBenchWith(b *testing.B, configure func(*redis.Options), opts ...idem.RedisStoreOption) (idem.Store, func(fn func())) {
 	srv := startRedisServer(b)
-	client := redis.NewClient(&redis.Options{Addr: srv.addr, ContextTimeoutEnabled: true})
+	clientOpts := &redis.Options{Addr: srv.addr, ContextTimeoutEnabled: true}
+	if configure != nil {
+		configure(clientOpts)
+	}
+	client := redis.NewClient(clientOpts)
 	b.Cleanup(func() { client.Close() })
 	info, err := client.Info(context.Background(), "server").Result()
 	if err != nil {
@@ -250,6 +261,44 @@ func BenchmarkNewKeyRedis(b *testing.B) {
 // figures to compare.
 func BenchmarkNewKeyRedisParallel(b *testing.B) {
 	store, measure := redisBench(b)
+	newKeysParallel(b, store, measure)
+}
+
+// BenchmarkNewKeyRedisClient is BenchmarkNewKeyRedisParallel with go-redis
+// options that a service may set on the client it gives the store.
+func BenchmarkNewKeyRedisClient(b *testing.B) {
+	for _, c := range []struct {
+		name      string
+		configure func(*redis.Options)
+	}{
+		{"default", nil},
+		{"resp2", func(o *redis.Options) { o.Protocol = 2 }},
+		{"buffers-4KiB", func(o *redis.Options) { o.ReadBufferSize, o.WriteBufferSize = 4096, 4096 }},
+		{"pool-16", func(o *redis.Options) { o.PoolSize = 16 }},
+		{"no-health-check", func(o *redis.Options) { o.Dialer = dialWithoutHealthCheck }},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			store, measure := redisBenchWith(b, c.configure)
+			newKeysParallel(b, store, measure)
+		})
+	}
+}
+
+// dialWithoutHealthCheck dials TCP like go-redis and hides the connection's
+// SyscallConn, so that go-redis skips the health check it makes each time
+// it takes a connection from its pool (a MSG_PEEK recvfrom and two deadline
+// resets).
+func dialWithoutHealthCheck(ctx context.Context, network, addr string) (net.Conn, error) {
+	d := net.Dialer{Timeout: 5 * time.Second, KeepAlive: 5 * time.Minute}
+	conn, err := d.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	return struct{ net.Conn }{conn}, nil
+}
+
+// newKeysParallel sends b.N new keys through store from 16 goroutines.
+func newKeysParallel(b *testing.B, store idem.Store, measure func(func())) {
 	r := benchEngine(idem.New(idem.WithStore(store)))
 	key := uuidKeys(b.N)
 	var next atomic.Int64
