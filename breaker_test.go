@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	idem "github.com/ginidem/idempotency"
+	"github.com/ginidem/idempotency/internal/suite"
 )
 
 // TestSpec32_CircuitBreaker: after consecutive store failures the middleware
@@ -31,40 +32,40 @@ func TestSpec32_CircuitBreaker(t *testing.T) {
 			opts = append(opts, idem.WithFailOpen())
 		}
 		t.Run(name, func(t *testing.T) {
-			var cs *countingStore
-			ev := newEvents()
-			a := newApp(t, counted(memoryHarness(), &cs), append(opts,
-				idem.WithCircuitBreaker(3, 100*time.Millisecond), idem.WithEventHook(ev.hook))...)
-			cs.fail.Store(true)
+			var cs *suite.CountingStore
+			ev := suite.NewEvents()
+			a := suite.NewApp(t, suite.Counted(suite.MemoryHarness(), &cs), append(opts,
+				idem.WithCircuitBreaker(3, 100*time.Millisecond), idem.WithEventHook(ev.Hook))...)
+			cs.Fail.Store(true)
 			for range 3 {
-				a.do(post("/things", uuid.NewString(), "x"))
+				a.Do(suite.Post("/things", uuid.NewString(), "x"))
 			}
-			ev.waitFor(t, idem.EventBreakerOpen)
-			acquires, _, _, _ := cs.counts()
+			ev.WaitFor(t, idem.EventBreakerOpen)
+			acquires, _, _, _ := cs.Counts()
 			require.Equal(t, 3, acquires)
 
 			for range 20 {
-				r := a.do(post("/things", uuid.NewString(), "x"))
+				r := a.Do(suite.Post("/things", uuid.NewString(), "x"))
 				if failOpen {
-					assert.Equal(t, http.StatusCreated, r.status)
+					assert.Equal(t, http.StatusCreated, r.Status)
 				} else {
-					assert.Equal(t, http.StatusServiceUnavailable, r.status)
-					assert.Equal(t, "1", r.header.Get("Retry-After"))
-					assert.Equal(t, idem.ProblemStoreUnavailable, r.problem(t).Type)
+					assert.Equal(t, http.StatusServiceUnavailable, r.Status)
+					assert.Equal(t, "1", r.Header.Get("Retry-After"))
+					assert.Equal(t, idem.ProblemStoreUnavailable, r.Problem(t).Type)
 				}
 			}
-			after, _, _, _ := cs.counts()
+			after, _, _, _ := cs.Counts()
 			assert.LessOrEqual(t, after-acquires, 1, "the open circuit calls the store at most for a probe")
 
-			cs.fail.Store(false)
+			cs.Fail.Store(false)
 			require.EventuallyWithT(t, func(c *assert.CollectT) {
-				assert.Equal(c, http.StatusCreated, a.do(post("/things", uuid.NewString(), "x")).status)
-				assert.Contains(c, ev.kinds(), idem.EventBreakerClosed)
+				assert.Equal(c, http.StatusCreated, a.Do(suite.Post("/things", uuid.NewString(), "x")).Status)
+				assert.Contains(c, ev.Kinds(), idem.EventBreakerClosed)
 			}, 5*time.Second, 20*time.Millisecond, "a request probes the store, and the circuit closes")
 			key := uuid.NewString()
-			a.do(post("/things", key, "x"))
-			assert.True(t, a.do(post("/things", key, "x")).replayed(), "idempotency is back")
-			kinds := ev.kinds()
+			a.Do(suite.Post("/things", key, "x"))
+			assert.True(t, a.Do(suite.Post("/things", key, "x")).Replayed(), "idempotency is back")
+			kinds := ev.Kinds()
 			assert.Contains(t, kinds, idem.EventBreakerHalfOpen)
 		})
 	}
@@ -107,12 +108,12 @@ func (s *faultyStore) Acquire(ctx context.Context, key string, claim *idem.Recor
 
 // breakerService serves POST /things behind a recovery and the middleware
 // with a breaker that opens after 2 failures and probes every 50 ms.
-func breakerService(t *testing.T, store idem.Store, ev *events) *served {
-	return mount(t, func(r *gin.Engine, s *served) {
+func breakerService(t *testing.T, store idem.Store, ev *suite.Events) *suite.Served {
+	return suite.Mount(t, func(r *gin.Engine, s *suite.Served) {
 		r.Use(gin.CustomRecoveryWithWriter(io.Discard, func(c *gin.Context, _ any) { c.AbortWithStatus(http.StatusInternalServerError) }))
 		r.Use(idem.New(idem.WithStore(store), idem.WithCircuitBreaker(2, 50*time.Millisecond),
-			idem.WithEventHook(ev.hook), idem.WithLogger(slog.New(slog.DiscardHandler))))
-		r.POST("/things", s.create)
+			idem.WithEventHook(ev.Hook), idem.WithLogger(slog.New(slog.DiscardHandler))))
+		r.POST("/things", s.Create)
 	})
 }
 
@@ -125,41 +126,41 @@ func TestSpec32_PanicNeverWedgesTheBreaker(t *testing.T) {
 	auth := "Authorization: Bearer u"
 	t.Run("spec32/panics never open the circuit", func(t *testing.T) {
 		store := &faultyStore{Store: idem.NewMemoryStore()}
-		ev := newEvents()
+		ev := suite.NewEvents()
 		s := breakerService(t, store, ev)
 		store.panics.Store(true)
 		for range 5 {
-			assert.Equal(t, http.StatusInternalServerError, s.send(s.client, "/things", uuid.NewString(), "x", auth).status)
+			assert.Equal(t, http.StatusInternalServerError, s.Send(s.Client, "/things", uuid.NewString(), "x", auth).Status)
 		}
 		assert.Equal(t, int32(5), store.acquires.Load(), "every request reached the store")
 		store.panics.Store(false)
-		assert.Equal(t, http.StatusCreated, s.send(s.client, "/things", uuid.NewString(), "x", auth).status)
-		assert.NotContains(t, ev.kinds(), idem.EventBreakerOpen)
+		assert.Equal(t, http.StatusCreated, s.Send(s.Client, "/things", uuid.NewString(), "x", auth).Status)
+		assert.NotContains(t, ev.Kinds(), idem.EventBreakerOpen)
 	})
 	t.Run("spec32/a probe that panics does not wedge the half-open circuit", func(t *testing.T) {
 		store := &faultyStore{Store: idem.NewMemoryStore()}
-		ev := newEvents()
+		ev := suite.NewEvents()
 		s := breakerService(t, store, ev)
-		store.failWith(errStoreDown)
+		store.failWith(suite.ErrStoreDown)
 		for range 2 {
-			assert.Equal(t, http.StatusServiceUnavailable, s.send(s.client, "/things", uuid.NewString(), "x", auth).status)
+			assert.Equal(t, http.StatusServiceUnavailable, s.Send(s.Client, "/things", uuid.NewString(), "x", auth).Status)
 		}
-		ev.waitFor(t, idem.EventBreakerOpen)
+		ev.WaitFor(t, idem.EventBreakerOpen)
 
 		store.failWith(nil)
 		store.panics.Store(true)
 		require.EventuallyWithT(t, func(c *assert.CollectT) {
-			assert.Equal(c, http.StatusInternalServerError, s.send(s.client, "/things", uuid.NewString(), "x", auth).status)
+			assert.Equal(c, http.StatusInternalServerError, s.Send(s.Client, "/things", uuid.NewString(), "x", auth).Status)
 		}, 5*time.Second, 10*time.Millisecond, "the half-open circuit lets a probe through, and the store panics")
 
 		store.panics.Store(false)
 		require.EventuallyWithT(t, func(c *assert.CollectT) {
-			assert.Equal(c, http.StatusCreated, s.send(s.client, "/things", uuid.NewString(), "x", auth).status)
+			assert.Equal(c, http.StatusCreated, s.Send(s.Client, "/things", uuid.NewString(), "x", auth).Status)
 		}, 5*time.Second, 10*time.Millisecond, "a later request probes the store again, instead of 503 until a restart")
-		ev.waitFor(t, idem.EventBreakerClosed)
+		ev.WaitFor(t, idem.EventBreakerClosed)
 		key := uuid.NewString()
-		s.send(s.client, "/things", key, "x", auth)
-		assert.True(t, s.send(s.client, "/things", key, "x", auth).replayed(), "idempotency is back")
+		s.Send(s.Client, "/things", key, "x", auth)
+		assert.True(t, s.Send(s.Client, "/things", key, "x", auth).Replayed(), "idempotency is back")
 	})
 }
 
@@ -169,18 +170,18 @@ func TestSpec32_PanicNeverWedgesTheBreaker(t *testing.T) {
 // are, the circuit stays closed and every request still reaches the store.
 func TestSpec32_PoolWaitNeverTripsTheBreaker(t *testing.T) {
 	store := &faultyStore{Store: idem.NewMemoryStore()}
-	ev := newEvents()
+	ev := suite.NewEvents()
 	s := breakerService(t, store, ev)
 	auth := "Authorization: Bearer u"
 	store.failWith(fmt.Errorf("pgstore: acquire: %w", idem.ErrPoolWait))
 	for range 6 { // three times the breaker's threshold
-		assert.NotEqual(t, http.StatusCreated, s.send(s.client, "/things", uuid.NewString(), "x", auth).status)
+		assert.NotEqual(t, http.StatusCreated, s.Send(s.Client, "/things", uuid.NewString(), "x", auth).Status)
 	}
 	assert.Equal(t, int32(6), store.acquires.Load(), "every request reached the store")
 	store.failWith(nil)
-	assert.Equal(t, http.StatusCreated, s.send(s.client, "/things", uuid.NewString(), "x", auth).status)
-	assert.NotContains(t, ev.kinds(), idem.EventBreakerOpen)
-	assert.Equal(t, int32(1), s.calls.Load())
+	assert.Equal(t, http.StatusCreated, s.Send(s.Client, "/things", uuid.NewString(), "x", auth).Status)
+	assert.NotContains(t, ev.Kinds(), idem.EventBreakerOpen)
+	assert.Equal(t, int32(1), s.Calls.Load())
 }
 
 // TestSpec32_CorruptRecordNeverTripsTheBreaker: a record that cannot be
@@ -193,10 +194,10 @@ func TestSpec32_CorruptRecordNeverTripsTheBreaker(t *testing.T) {
 			ctx := storeCtx(t)
 			client, prefix, _ := target.open(t)
 			store := idem.NewRedisStore(client, idem.WithRedisKeyPrefix(prefix), idem.WithRedisLocalCache(0, 0))
-			ev := newEvents()
+			ev := suite.NewEvents()
 			var runs, arrived atomic.Int32
 			svc := newOrderService(t, store, &runs, &arrived, nil, idem.WithCircuitBreaker(3, time.Hour),
-				idem.WithEventHook(ev.hook), idem.WithLogger(slog.New(slog.DiscardHandler)))
+				idem.WithEventHook(ev.Hook), idem.WithLogger(slog.New(slog.DiscardHandler)))
 			hc := newHTTPClient(t)
 			require.Equal(t, http.StatusCreated, postOrder(hc, svc.srv, redisHTTPKey).status)
 			var keys []string
@@ -212,14 +213,14 @@ func TestSpec32_CorruptRecordNeverTripsTheBreaker(t *testing.T) {
 				require.NoError(t, r.err)
 				assert.Equal(t, http.StatusServiceUnavailable, r.status)
 			}
-			for _, e := range ev.all() {
+			for _, e := range ev.All() {
 				if e.Kind == idem.EventStoreError {
 					assert.ErrorIs(t, e.Err, idem.ErrCorruptRecord, "the store was called and found the record corrupt")
 				}
 			}
 			other := postOrder(hc, svc.srv, uuid.NewString())
 			assert.Equal(t, http.StatusCreated, other.status, "the circuit is closed: other keys work")
-			assert.NotContains(t, ev.kinds(), idem.EventBreakerOpen)
+			assert.NotContains(t, ev.Kinds(), idem.EventBreakerOpen)
 			assert.Equal(t, int32(2), runs.Load())
 		})
 	}

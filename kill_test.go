@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	idem "github.com/ginidem/idempotency"
+	"github.com/ginidem/idempotency/internal/suite"
 )
 
 // The child process of TestSpec10_ProcessKilledMidRequest: a Gin service on
@@ -60,8 +61,8 @@ func TestSpec10_ProcessKilledMidRequest(t *testing.T) {
 
 	send := func(url string) *http.Response {
 		hr, _ := http.NewRequest("POST", url+"/pay", strings.NewReader(`{"amount":1}`))
-		hr.Header.Set("Idempotency-Key", key1)
-		hr.Header.Set("Authorization", defaultAuth)
+		hr.Header.Set("Idempotency-Key", suite.Key1)
+		hr.Header.Set("Authorization", suite.DefaultAuth)
 		res, err := http.DefaultClient.Do(hr)
 		if err != nil {
 			return nil

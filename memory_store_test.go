@@ -12,15 +12,16 @@ import (
 	"github.com/stretchr/testify/require"
 
 	idem "github.com/ginidem/idempotency"
+	"github.com/ginidem/idempotency/internal/suite"
 )
 
 // memoryApp serves the test routes over a memory store built with opts.
-func memoryApp(t *testing.T, storeOpts []idem.MemoryStoreOption, opts ...idem.Option) (*app, *idem.MemoryStore, *fakeClock) {
+func memoryApp(t *testing.T, storeOpts []idem.MemoryStoreOption, opts ...idem.Option) (*suite.App, *idem.MemoryStore, *fakeClock) {
 	t.Helper()
 	clock := newFakeClock()
 	store := idem.NewMemoryStore(append([]idem.MemoryStoreOption{idem.WithClock(clock.Now)}, storeOpts...)...)
-	h := storeHarness{name: "memory", new: func(*testing.T) (idem.Store, func(time.Duration)) { return store, clock.Advance }}
-	return newApp(t, h, opts...), store, clock
+	h := suite.Harness{Name: "memory", New: func(*testing.T) (idem.Store, func(time.Duration)) { return store, clock.Advance }}
+	return suite.NewApp(t, h, opts...), store, clock
 }
 
 func TestSpec24_MemoryStoreBoundedByEntries(t *testing.T) {
@@ -28,31 +29,31 @@ func TestSpec24_MemoryStoreBoundedByEntries(t *testing.T) {
 	keys := make([]string, 1000)
 	for i := range keys {
 		keys[i] = uuid.NewString()
-		require.Equal(t, http.StatusCreated, a.do(post("/things", keys[i], "x")).status)
+		require.Equal(t, http.StatusCreated, a.Do(suite.Post("/things", keys[i], "x")).Status)
 		require.LessOrEqual(t, store.Len(), 100)
 	}
 	assert.Equal(t, 100, store.Len())
-	assert.True(t, a.do(post("/things", keys[999], "x")).replayed(), "the newest is kept")
-	assert.False(t, a.do(post("/things", keys[0], "x")).replayed(), "the least recently used was evicted")
+	assert.True(t, a.Do(suite.Post("/things", keys[999], "x")).Replayed(), "the newest is kept")
+	assert.False(t, a.Do(suite.Post("/things", keys[0], "x")).Replayed(), "the least recently used was evicted")
 }
 
 func TestSpec24_MemoryStoreEvictsLeastRecentlyUsed(t *testing.T) {
 	a, _, _ := memoryApp(t, []idem.MemoryStoreOption{idem.WithMaxEntries(3)})
 	k := []string{uuid.NewString(), uuid.NewString(), uuid.NewString(), uuid.NewString()}
 	for _, key := range k[:3] {
-		a.do(post("/things", key, "x"))
+		a.Do(suite.Post("/things", key, "x"))
 	}
-	assert.True(t, a.do(post("/things", k[0], "x")).replayed()) // k[0] is now the most recent
-	a.do(post("/things", k[3], "x"))                            // evicts k[1]
-	assert.True(t, a.do(post("/things", k[0], "x")).replayed())
-	assert.False(t, a.do(post("/things", k[1], "x")).replayed())
+	assert.True(t, a.Do(suite.Post("/things", k[0], "x")).Replayed()) // k[0] is now the most recent
+	a.Do(suite.Post("/things", k[3], "x"))                            // evicts k[1]
+	assert.True(t, a.Do(suite.Post("/things", k[0], "x")).Replayed())
+	assert.False(t, a.Do(suite.Post("/things", k[1], "x")).Replayed())
 }
 
 func TestSpec24_MemoryStoreBoundedByBytes(t *testing.T) {
 	const bound = 64 << 10
 	a, store, _ := memoryApp(t, []idem.MemoryStoreOption{idem.WithMaxBytes(bound)})
 	for range 200 { // each record holds a 4 KiB body
-		require.Equal(t, http.StatusOK, a.do(post("/big", uuid.NewString(), "x")).status)
+		require.Equal(t, http.StatusOK, a.Do(suite.Post("/big", uuid.NewString(), "x")).Status)
 		require.LessOrEqual(t, store.Bytes(), int64(bound))
 	}
 	assert.Greater(t, store.Len(), 5)
@@ -61,29 +62,29 @@ func TestSpec24_MemoryStoreBoundedByBytes(t *testing.T) {
 
 func TestSpec24_InFlightRecordsAreNeverEvicted(t *testing.T) {
 	a, store, _ := memoryApp(t, []idem.MemoryStoreOption{idem.WithMaxEntries(2)})
-	first := a.async(post("/slow", key1, "x"))
-	second := a.async(post("/slow", key2, "x"))
-	a.waitEntered(2)
-	full := a.do(post("/things", uuid.NewString(), "x"))
-	assert.Equal(t, http.StatusServiceUnavailable, full.status, "no room: refuse rather than evict an in-flight key")
-	assert.Equal(t, idem.ProblemStoreUnavailable, full.problem(t).Type)
-	assert.Equal(t, http.StatusConflict, a.doBounded(post("/slow", key1, "x")).status, "still held")
-	a.open()
-	recv(t, first)
-	recv(t, second)
+	first := a.Async(suite.Post("/slow", suite.Key1, "x"))
+	second := a.Async(suite.Post("/slow", suite.Key2, "x"))
+	a.WaitEntered(2)
+	full := a.Do(suite.Post("/things", uuid.NewString(), "x"))
+	assert.Equal(t, http.StatusServiceUnavailable, full.Status, "no room: refuse rather than evict an in-flight key")
+	assert.Equal(t, idem.ProblemStoreUnavailable, full.Problem(t).Type)
+	assert.Equal(t, http.StatusConflict, a.DoBounded(suite.Post("/slow", suite.Key1, "x")).Status, "still held")
+	a.Open()
+	suite.Recv(t, first)
+	suite.Recv(t, second)
 	assert.Equal(t, 2, store.Len())
-	assert.Equal(t, http.StatusCreated, a.do(post("/things", uuid.NewString(), "x")).status, "completed ones make room")
+	assert.Equal(t, http.StatusCreated, a.Do(suite.Post("/things", uuid.NewString(), "x")).Status, "completed ones make room")
 }
 
 func TestSpec24_ExpiredRecordsAreReclaimed(t *testing.T) {
 	a, store, clock := memoryApp(t, nil, idem.WithTTL(time.Hour))
 	for range 10 {
-		a.do(post("/things", uuid.NewString(), "x"))
+		a.Do(suite.Post("/things", uuid.NewString(), "x"))
 	}
 	require.Equal(t, 10, store.Len())
 	clock.Advance(2 * time.Hour)
 	for range 10 {
-		a.do(post("/things", uuid.NewString(), "x"))
+		a.Do(suite.Post("/things", uuid.NewString(), "x"))
 	}
 	assert.Equal(t, 10, store.Len(), "the expired ten are gone without a janitor")
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	idem "github.com/ginidem/idempotency"
+	"github.com/ginidem/idempotency/internal/suite"
 )
 
 // serve runs handler behind the middleware at POST /x on a real server.
@@ -31,7 +32,7 @@ func postKey(t *testing.T, srv *httptest.Server, key string) *http.Response {
 	hr, err := http.NewRequest(http.MethodPost, srv.URL+"/x", strings.NewReader("body"))
 	require.NoError(t, err)
 	hr.Header.Set("Idempotency-Key", key)
-	hr.Header.Set("Authorization", defaultAuth)
+	hr.Header.Set("Authorization", suite.DefaultAuth)
 	res, err := srv.Client().Do(hr)
 	require.NoError(t, err)
 	t.Cleanup(func() { res.Body.Close() })
@@ -67,10 +68,10 @@ func TestSpec11_WriterKeepsGinCapabilities(t *testing.T) {
 		assert.True(t, isHijacker && isFlusher)
 		assert.NoError(t, http.NewResponseController(w).SetWriteDeadline(time.Now().Add(time.Minute)))
 	})
-	first := postKey(t, srv, key1)
+	first := postKey(t, srv, suite.Key1)
 	assert.Equal(t, http.StatusAccepted, first.StatusCode)
 	assert.Equal(t, "hello", readAll(t, first))
-	replay := postKey(t, srv, key1)
+	replay := postKey(t, srv, suite.Key1)
 	assert.Equal(t, http.StatusAccepted, replay.StatusCode)
 	assert.Equal(t, "hello", readAll(t, replay))
 	assert.Equal(t, "true", replay.Header.Get("Idempotent-Replayed"))
@@ -88,7 +89,7 @@ func TestSpec14_StreamIsNotBuffered(t *testing.T) {
 		<-gate
 		io.WriteString(c.Writer, "data: second\n\n")
 	})
-	res := postKey(t, srv, key1)
+	res := postKey(t, srv, suite.Key1)
 	body := bufio.NewReader(res.Body)
 	line, err := body.ReadString('\n')
 	require.NoError(t, err)
@@ -97,7 +98,7 @@ func TestSpec14_StreamIsNotBuffered(t *testing.T) {
 	_, err = io.Copy(io.Discard, body) // the end of the stream: the record is stored by now
 	require.NoError(t, err)
 	res.Body.Close()
-	dup := postKey(t, srv, key1)
+	dup := postKey(t, srv, suite.Key1)
 	assert.Equal(t, http.StatusConflict, dup.StatusCode)
 	assert.Equal(t, "/streams/7", dup.Header.Get("Location"))
 }
@@ -108,7 +109,7 @@ func TestSpec14_StreamIsNotBuffered(t *testing.T) {
 // record, so the duplicate waits for the completion event.
 func TestSpec14_HijackedIsKeptWithoutBody(t *testing.T) {
 	var calls int
-	ev := newEvents()
+	ev := suite.NewEvents()
 	srv := serve(t, func(c *gin.Context) {
 		calls++
 		c.Header("Location", "/ws/1")
@@ -117,11 +118,11 @@ func TestSpec14_HijackedIsKeptWithoutBody(t *testing.T) {
 		defer conn.Close()
 		buf.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
 		buf.Flush()
-	}, idem.WithEventHook(ev.hook))
-	first := postKey(t, srv, key1)
+	}, idem.WithEventHook(ev.Hook))
+	first := postKey(t, srv, suite.Key1)
 	assert.Equal(t, "ok", readAll(t, first))
-	ev.waitFor(t, idem.EventCompleted)
-	dup := postKey(t, srv, key1)
+	ev.WaitFor(t, idem.EventCompleted)
+	dup := postKey(t, srv, suite.Key1)
 	assert.Equal(t, http.StatusConflict, dup.StatusCode)
 	assert.Equal(t, "/ws/1", dup.Header.Get("Location"))
 	assert.Equal(t, 1, calls)
@@ -139,7 +140,7 @@ func TestSpec11_PusherOverHTTP2(t *testing.T) {
 	srv.EnableHTTP2 = true
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
-	res := postKey(t, srv, key1)
+	res := postKey(t, srv, suite.Key1)
 	assert.Equal(t, "HTTP/2.0", readAll(t, res))
 	assert.NotNil(t, pusher)
 }
@@ -153,8 +154,8 @@ func TestSpec11_HeadersSnapshotWhenWritten(t *testing.T) {
 		c.Header("ETag", `"v2"`)
 		c.Header("Link", "</late>")
 	})
-	assert.Equal(t, `"v1"`, postKey(t, srv, key1).Header.Get("ETag"))
-	replay := postKey(t, srv, key1)
+	assert.Equal(t, `"v1"`, postKey(t, srv, suite.Key1).Header.Get("ETag"))
+	replay := postKey(t, srv, suite.Key1)
 	assert.Equal(t, `"v1"`, replay.Header.Get("ETag"))
 	assert.Empty(t, replay.Header.Get("Link"))
 }
@@ -165,10 +166,10 @@ func TestSpec11_HeadersSnapshotWhenWritten(t *testing.T) {
 // replayed, like any other: the refused hijack took nothing over.
 func TestSpec31_RefusedHijackIsReplayed(t *testing.T) {
 	store := &memoryTxStore{MemoryStore: idem.NewMemoryStore()}
-	s := mount(t, func(r *gin.Engine, s *served) {
+	s := suite.Mount(t, func(r *gin.Engine, s *suite.Served) {
 		r.Use(idem.New(idem.WithStore(store)))
 		r.POST("/ws", func(c *gin.Context) {
-			s.calls.Add(1)
+			s.Calls.Add(1)
 			conn, _, err := c.Writer.Hijack()
 			if !assert.Error(t, err, "a held response cannot be hijacked") {
 				conn.Close()
@@ -179,13 +180,13 @@ func TestSpec31_RefusedHijackIsReplayed(t *testing.T) {
 		})
 	})
 	auth := "Authorization: Bearer u"
-	first := s.send(s.client, "/ws", key1, "x", auth)
-	assert.Equal(t, http.StatusCreated, first.status)
-	assert.Equal(t, "created without a WebSocket", first.body)
-	dup := s.send(s.client, "/ws", key1, "x", auth)
-	assert.True(t, dup.replayed(), "the fallback answer is replayed, not refused as a stream: %d %s", dup.status, dup.body)
-	assert.Equal(t, http.StatusCreated, dup.status)
-	assert.Equal(t, first.body, dup.body)
-	assert.Equal(t, "/orders/1", dup.header.Get("Location"))
-	assert.Equal(t, int32(1), s.calls.Load())
+	first := s.Send(s.Client, "/ws", suite.Key1, "x", auth)
+	assert.Equal(t, http.StatusCreated, first.Status)
+	assert.Equal(t, "created without a WebSocket", first.Body)
+	dup := s.Send(s.Client, "/ws", suite.Key1, "x", auth)
+	assert.True(t, dup.Replayed(), "the fallback answer is replayed, not refused as a stream: %d %s", dup.Status, dup.Body)
+	assert.Equal(t, http.StatusCreated, dup.Status)
+	assert.Equal(t, first.Body, dup.Body)
+	assert.Equal(t, "/orders/1", dup.Header.Get("Location"))
+	assert.Equal(t, int32(1), s.Calls.Load())
 }

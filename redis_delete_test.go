@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	idem "github.com/ginidem/idempotency"
+	"github.com/ginidem/idempotency/internal/suite"
 )
 
 // An operator's Delete of a key in flight on Redis (SPEC 29) must not be
@@ -74,13 +75,13 @@ func TestSpec29_ForgottenRequestOutlivingItsLeaseStoresNothing(t *testing.T) {
 			store := idem.NewRedisStore(client, idem.WithRedisKeyPrefix(prefix))
 			var runs atomic.Int32
 			gate := make(chan struct{})
-			ev := newEvents()
-			svc := newOutageService(t, store, &runs, gate, idem.WithLease(lease), idem.WithEventHook(ev.hook))
+			ev := suite.NewEvents()
+			svc := newOutageService(t, store, &runs, gate, idem.WithLease(lease), idem.WithEventHook(ev.Hook))
 			hc := newHTTPClient(t)
 
 			first := make(chan redisResp, 1)
 			go func() { first <- postOrder(hc, svc.srv, redisHTTPKey) }()
-			ev.waitFor(t, idem.EventAcquired)
+			ev.WaitFor(t, idem.EventAcquired)
 			require.NoError(t, idem.Forget(storeCtx(t), store, "Bearer alice", redisHTTPKey))
 			// The handler runs on for longer than the lease after the
 			// Forget: the length under test, not a synchronisation.
@@ -88,7 +89,7 @@ func TestSpec29_ForgottenRequestOutlivingItsLeaseStoresNothing(t *testing.T) {
 			close(gate)
 			answer := recvRedis(t, first)
 			assert.Equal(t, http.StatusCreated, answer.status, "the forgotten request's client gets its answer")
-			ev.waitFor(t, idem.EventLostLease)
+			ev.WaitFor(t, idem.EventLostLease)
 
 			retry := postOrder(hc, svc.srv, redisHTTPKey)
 			assert.Equal(t, http.StatusCreated, retry.status)

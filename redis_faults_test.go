@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	idem "github.com/ginidem/idempotency"
+	"github.com/ginidem/idempotency/internal/suite"
 )
 
 // The faults production Redis has: a stalled process, a failover's write
@@ -49,7 +50,7 @@ func TestSpec22_TimedOutAcquisitionIsReleased(t *testing.T) {
 	svc := newOrderService(t, store, &runs, &arrived, nil,
 		idem.WithStoreTimeout(200*time.Millisecond), idem.WithCircuitBreaker(0, 0))
 	hc := newHTTPClient(t)
-	require.Equal(t, 201, postOrder(hc, svc.srv, key2).status, "warm: a connection and a loaded script")
+	require.Equal(t, 201, postOrder(hc, svc.srv, suite.Key2).status, "warm: a connection and a loaded script")
 
 	pid := redisPID(t, client)
 	require.NoError(t, syscall.Kill(pid, syscall.SIGSTOP))
@@ -84,10 +85,10 @@ func TestSpec22_TimedOutAcquisitionIsReleased(t *testing.T) {
 func eventKey(t *testing.T, key string) string {
 	t.Helper()
 	var got string
-	ev := newEvents()
-	r := newApp(t, memoryHarness(), idem.WithEventHook(ev.hook))
-	r.do(req{method: http.MethodPost, path: "/things", key: key, body: "x", auth: "Bearer alice"})
-	for _, e := range ev.all() {
+	ev := suite.NewEvents()
+	r := suite.NewApp(t, suite.MemoryHarness(), idem.WithEventHook(ev.Hook))
+	r.Do(suite.Req{Method: http.MethodPost, Path: "/things", Key: key, Body: "x", Auth: "Bearer alice"})
+	for _, e := range ev.All() {
 		got = e.Key
 	}
 	require.NotEmpty(t, got)
@@ -123,23 +124,23 @@ func TestSpec23_RefusedCompletionIsRetried(t *testing.T) {
 			ctx := storeCtx(t)
 			var runs, arrived atomic.Int32
 			gate := make(chan struct{})
-			ev := newEvents()
+			ev := suite.NewEvents()
 			svc := newOrderService(t, idem.NewRedisStore(client), &runs, &arrived, gate,
-				idem.WithStoreTimeout(300*time.Millisecond), idem.WithLease(3*time.Second), idem.WithEventHook(ev.hook))
+				idem.WithStoreTimeout(300*time.Millisecond), idem.WithLease(3*time.Second), idem.WithEventHook(ev.Hook))
 			hc := newHTTPClient(t)
 			first := make(chan redisResp, 1)
 			go func() { first <- postOrder(hc, svc.srv, redisHTTPKey) }()
-			ev.waitFor(t, idem.EventAcquired)
+			ev.WaitFor(t, idem.EventAcquired)
 
 			require.NoError(t, fault.break_(ctx, admin))
 			close(gate)
 			answer := recvRedis(t, first)
 			assert.Equal(t, 201, answer.status, "the first client gets its answer")
-			ev.waitFor(t, idem.EventStoreError)
+			ev.WaitFor(t, idem.EventStoreError)
 			if fault.mendOnFailure {
 				require.NoError(t, fault.mend(ctx, admin))
 			}
-			ev.waitFor(t, idem.EventCompleted)
+			ev.WaitFor(t, idem.EventCompleted)
 
 			retry := postOrder(hc, svc.srv, redisHTTPKey)
 			assert.True(t, retry.replayed(), "the retry gets the replay")
@@ -179,15 +180,15 @@ func TestSpec30_FullRedisWithNoeviction(t *testing.T) {
 
 	require.NoError(t, admin.ConfigSet(ctx, "maxmemory-policy", "noeviction").Err())
 	require.NoError(t, admin.ConfigSet(ctx, "maxmemory", "1").Err())
-	full := postOrder(hc, svc.srv, key2)
+	full := postOrder(hc, svc.srv, suite.Key2)
 	assert.Equal(t, 503, full.status, "a new key is refused while Redis is full")
 	replay := postOrder(hc, svc.srv, redisHTTPKey)
 	assert.True(t, replay.replayed(), "a completed key is still replayed")
 	assert.Equal(t, done.body, replay.body)
 
 	require.NoError(t, admin.ConfigSet(ctx, "maxmemory", "0").Err())
-	assert.Equal(t, 201, postOrder(hc, svc.srv, key2).status, "the refused key runs once Redis has room")
-	assert.True(t, postOrder(hc, svc.srv, key2).replayed())
+	assert.Equal(t, 201, postOrder(hc, svc.srv, suite.Key2).status, "the refused key runs once Redis has room")
+	assert.True(t, postOrder(hc, svc.srv, suite.Key2).replayed())
 	assert.Equal(t, int32(2), runs.Load())
 }
 
@@ -223,9 +224,9 @@ func TestSpec32_CachedReplaysDuringAnOutage(t *testing.T) {
 	srv := startRedisServer(t)
 	client := newRedisClient(t, srv.addr)
 	var runs, arrived atomic.Int32
-	ev := newEvents()
+	ev := suite.NewEvents()
 	svc := newOrderService(t, idem.NewRedisStore(client), &runs, &arrived, nil,
-		idem.WithStoreTimeout(100*time.Millisecond), idem.WithCircuitBreaker(2, 20*time.Millisecond), idem.WithEventHook(ev.hook))
+		idem.WithStoreTimeout(100*time.Millisecond), idem.WithCircuitBreaker(2, 20*time.Millisecond), idem.WithEventHook(ev.Hook))
 	hc := newHTTPClient(t)
 	first := postOrder(hc, svc.srv, redisHTTPKey)
 	require.Equal(t, 201, first.status)
@@ -234,12 +235,12 @@ func TestSpec32_CachedReplaysDuringAnOutage(t *testing.T) {
 	require.NoError(t, syscall.Kill(pid, syscall.SIGSTOP))
 	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGCONT) })
 	for range 2 {
-		assert.Equal(t, 503, postOrder(hc, svc.srv, key2).status)
+		assert.Equal(t, 503, postOrder(hc, svc.srv, suite.Key2).status)
 	}
-	ev.waitFor(t, idem.EventBreakerOpen)
+	ev.WaitFor(t, idem.EventBreakerOpen)
 	assert.Never(t, func() bool {
 		replay := postOrder(hc, svc.srv, redisHTTPKey)
-		return !replay.replayed() || slices.Contains(ev.kinds(), idem.EventBreakerClosed)
+		return !replay.replayed() || slices.Contains(ev.Kinds(), idem.EventBreakerClosed)
 	}, 500*time.Millisecond, 10*time.Millisecond, "cached replays are served and never close the circuit")
 	assert.Equal(t, int32(1), runs.Load())
 }

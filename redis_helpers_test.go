@@ -1,32 +1,24 @@
 package idempotency_test
 
 import (
-	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"errors"
-	"fmt"
-	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
+
+	"github.com/ginidem/idempotency/internal/redistest"
 )
 
-// redisTarget is one kind of Redis the Redis tests run against. open
-// returns a client for one test (closed when the test ends), a key prefix
-// no other test uses (its keys are deleted when the test ends), and a
-// function that moves time forward for the keys under that prefix.
+// The Redis servers of the tests are started by internal/redistest, which
+// the tests in tests/ share; these are the names this package's tests know
+// them by.
+
+// redisTarget is one kind of Redis the Redis tests run against: see
+// redistest.Target.
 type redisTarget struct {
 	name string
 	open func(t *testing.T) (client redis.UniversalClient, prefix string, advance func(time.Duration))
@@ -35,321 +27,54 @@ type redisTarget struct {
 // redisTargets lists the Redis kinds available here: a real redis-server
 // when the binary is on PATH, miniredis when it is not or when
 // withMiniredis asks for it too, and a Redis Cluster when IDEM_REDIS_CLUSTER
-// names its nodes (comma-separated host:port).
+// names its nodes.
 func redisTargets(withMiniredis bool) []redisTarget {
 	var targets []redisTarget
-	_, lookErr := exec.LookPath("redis-server")
-	if lookErr == nil {
-		targets = append(targets, redisTarget{name: "redis", open: openSharedRedis})
-	}
-	if lookErr != nil || withMiniredis {
-		targets = append(targets, redisTarget{name: "miniredis", open: openMiniredis})
-	}
-	if addrs := os.Getenv("IDEM_REDIS_CLUSTER"); addrs != "" {
-		targets = append(targets, redisTarget{name: "cluster", open: func(t *testing.T) (redis.UniversalClient, string, func(time.Duration)) {
-			client := redis.NewClusterClient(&redis.ClusterOptions{
-				Addrs:                 strings.Split(addrs, ","),
-				ContextTimeoutEnabled: true,
-			})
-			t.Cleanup(func() { _ = client.Close() })
-			prefix := testKeyPrefix(t, client)
-			return client, prefix, ttlAdvancer(t, client, prefix)
-		}})
+	for _, target := range redistest.Targets(withMiniredis) {
+		targets = append(targets, redisTarget{name: target.Name, open: target.Open})
 	}
 	return targets
 }
 
-func openMiniredis(t *testing.T) (redis.UniversalClient, string, func(time.Duration)) {
-	mr := miniredis.RunT(t)
-	client := newRedisClient(t, mr.Addr())
-	return client, "idem:", mr.FastForward
-}
-
-func openSharedRedis(t *testing.T) (redis.UniversalClient, string, func(time.Duration)) {
-	client := newRedisClient(t, sharedRedisServer(t).addr)
-	prefix := testKeyPrefix(t, client)
-	return client, prefix, ttlAdvancer(t, client, prefix)
-}
-
 // newRedisClient returns a client for addr that honours context deadlines,
 // closed when the test ends.
-func newRedisClient(t *testing.T, addr string) *redis.Client {
-	client := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true})
-	t.Cleanup(func() { _ = client.Close() })
-	return client
-}
+func newRedisClient(t *testing.T, addr string) *redis.Client { return redistest.NewClient(t, addr) }
 
 // secondClient returns another client, with its own connections, to the
 // server or cluster that client talks to: a second process, for tests.
 func secondClient(t *testing.T, client redis.UniversalClient) redis.UniversalClient {
-	switch c := client.(type) {
-	case *redis.Client:
-		return newRedisClient(t, c.Options().Addr)
-	case *redis.ClusterClient:
-		other := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Options().Addrs, ContextTimeoutEnabled: true})
-		t.Cleanup(func() { _ = other.Close() })
-		return other
-	}
-	t.Fatalf("secondClient: unexpected client type %T", client)
-	return nil
+	return redistest.SecondClient(t, client)
 }
-
-// testRunID tells this test binary's keys from any other run's on a
-// long-lived server (a developer's cluster).
-var testRunID = func() string {
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}()
-
-var testPrefixSeq atomic.Int64
-
-// testKeyPrefix returns a key prefix that no other test uses, and deletes
-// the keys under it when the test ends. It never flushes a database.
-func testKeyPrefix(t *testing.T, client redis.UniversalClient) string {
-	prefix := fmt.Sprintf("idemtest:%s:%d:", testRunID, testPrefixSeq.Add(1))
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = forEachKey(ctx, client, prefix, func(ctx context.Context, c redis.Cmdable, key string) error {
-			return c.Del(ctx, key).Err()
-		})
-	})
-	return prefix
-}
-
-// ttlAdvancer moves time forward by d for the keys under prefix: it takes d
-// off each key's remaining PTTL and deletes the keys whose time runs out.
-// For keys that expire through PX, as every record does, that is the same
-// as d passing. Each key is moved by one script, so a store call that
-// renews the key at the same moment is never undone.
-func ttlAdvancer(t *testing.T, client redis.UniversalClient, prefix string) func(time.Duration) {
-	return func(d time.Duration) {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		err := forEachKey(ctx, client, prefix, func(ctx context.Context, c redis.Cmdable, key string) error {
-			return advanceScript.Run(ctx, c, []string{key}, d.Milliseconds()).Err()
-		})
-		require.NoError(t, err, "advancing time on Redis")
-	}
-}
-
-// advanceScript takes ARGV[1] ms off the PTTL of KEYS[1], deleting the key
-// when it runs out; a key without expiry is left alone.
-var advanceScript = redis.NewScript(`
-local left = redis.call('PTTL', KEYS[1])
-if left < 0 then
-  return 0
-end
-left = left - tonumber(ARGV[1])
-if left > 0 then
-  redis.call('PEXPIRE', KEYS[1], left)
-else
-  redis.call('DEL', KEYS[1])
-end
-return 1
-`)
 
 // forEachKey calls fn for every key under prefix, on every master of a
-// cluster. prefix must hold no glob characters.
+// cluster.
 func forEachKey(ctx context.Context, client redis.UniversalClient, prefix string, fn func(context.Context, redis.Cmdable, string) error) error {
-	scan := func(ctx context.Context, c redis.Cmdable) error {
-		var keys []string
-		iter := c.Scan(ctx, 0, prefix+"*", 1000).Iterator()
-		for iter.Next(ctx) {
-			keys = append(keys, iter.Val())
-		}
-		if err := iter.Err(); err != nil {
-			return err
-		}
-		for _, k := range keys {
-			if err := fn(ctx, c, k); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	if cc, ok := client.(*redis.ClusterClient); ok {
-		return cc.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error { return scan(ctx, node) })
-	}
-	return scan(ctx, client)
+	return redistest.ForEachKey(ctx, client, prefix, fn)
 }
 
-// redisServer is a throwaway redis-server on a free loopback port, with
-// nothing saved to disk. A watchdog shell runs it and kills it as soon as
-// the pipe on its stdin closes, which happens when Stop is called or when
-// the test binary exits for any reason, so no server outlives its tests.
+// redisServer is a throwaway redis-server on a free loopback port
+// (redistest.Server); addr is its host:port.
 type redisServer struct {
-	addr  string
-	port  int
-	dir   string
-	rmDir bool // the watchdog removes dir when the server stops
-
-	mu    sync.Mutex
-	cmd   *exec.Cmd
-	guard *os.File // write end of the watchdog's stdin
+	*redistest.Server
+	addr string
 }
 
 // startRedisServer starts a redis-server for this test alone, stopped when
 // the test ends. It skips the test when redis-server is not on PATH.
 func startRedisServer(t testing.TB) *redisServer {
 	t.Helper()
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		t.Skip("redis-server is not on PATH: this test needs a real Redis (miniredis lacks it)")
-	}
-	srv, err := newRedisServer(t.TempDir(), false)
-	require.NoError(t, err)
-	t.Cleanup(srv.Stop)
-	return srv
+	srv := redistest.StartServer(t)
+	return &redisServer{Server: srv, addr: srv.Addr}
 }
 
-var sharedRedis struct {
-	once sync.Once
-	srv  *redisServer
-	err  error
-}
-
-// sharedRedisServer returns the redis-server that this test binary's
-// shared suites use, started on first use and stopped when the binary
-// exits. Tests on it keep to their own key prefix.
-func sharedRedisServer(t *testing.T) *redisServer {
-	t.Helper()
-	sharedRedis.once.Do(func() {
-		dir, err := os.MkdirTemp("", "idem-redis-")
-		if err != nil {
-			sharedRedis.err = err
-			return
-		}
-		sharedRedis.srv, sharedRedis.err = newRedisServer(dir, true)
-	})
-	require.NoError(t, sharedRedis.err, "starting the shared redis-server")
-	return sharedRedis.srv
-}
-
-// newRedisServer starts a redis-server with its files in dir, on a free
-// port (trying a few, in case another process takes the port first).
-func newRedisServer(dir string, rmDir bool) (*redisServer, error) {
-	var err error
-	for range 3 {
-		var port int
-		if port, err = freePort(); err != nil {
-			continue
-		}
-		srv := &redisServer{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), port: port, dir: dir, rmDir: rmDir}
-		if err = srv.Start(); err == nil {
-			return srv, nil
-		}
-	}
-	return nil, err
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
+func freePort() (int, error) { return redistest.FreePort() }
 
 // watchdog runs redis-server with the arguments after $1 and kills it once
-// its stdin reaches end of file; then removes the directory $1, if any.
-const watchdog = `dir=$1; shift
-redis-server "$@" &
-pid=$!
-read -r _
-kill "$pid" 2>/dev/null
-wait "$pid"
-if [ -n "$dir" ]; then rm -rf "$dir"; fi
-`
-
-// Start starts the server on its port and waits until it answers PING. It
-// is used again after Stop to restart the server on the same port.
-func (s *redisServer) Start() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.cmd != nil {
-		return errors.New("redis-server already running")
-	}
-	r, w, err := os.Pipe()
-	if err != nil {
-		return err
-	}
-	rmDir := ""
-	if s.rmDir {
-		rmDir = s.dir
-	}
-	logFile := filepath.Join(s.dir, fmt.Sprintf("redis-%d.log", s.port))
-	cmd := exec.Command("sh", "-c", watchdog, "sh", rmDir,
-		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--daemonize", "no",
-		"--dir", s.dir, "--logfile", logFile)
-	cmd.Stdin = r
-	if err := cmd.Start(); err != nil {
-		r.Close()
-		w.Close()
-		return err
-	}
-	r.Close() // the watchdog has its copy
-	s.cmd, s.guard = cmd, w
-	if err := waitForPing(s.addr, 10*time.Second); err != nil {
-		s.stopLocked()
-		logged, _ := os.ReadFile(logFile)
-		return fmt.Errorf("redis-server on %s: %w\n%s", s.addr, err, logged)
-	}
-	return nil
-}
-
-// Stop stops the server (it may be started again). It is safe to call
-// more than once.
-func (s *redisServer) Stop() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.stopLocked()
-}
-
-func (s *redisServer) stopLocked() {
-	if s.cmd == nil {
-		return
-	}
-	_ = s.guard.Close() // the watchdog kills redis-server and exits
-	_ = s.cmd.Wait()
-	s.cmd, s.guard = nil, nil
-}
+// its stdin reaches end of file (redistest.Watchdog).
+const watchdog = redistest.Watchdog
 
 // waitForPing polls addr with a raw PING until it answers +PONG.
-func waitForPing(addr string, limit time.Duration) error {
-	deadline := time.Now().Add(limit)
-	var err error
-	for time.Now().Before(deadline) {
-		if err = ping(addr); err == nil {
-			return nil
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return fmt.Errorf("no PONG within %v: %w", limit, err)
-}
-
-func ping(addr string) error {
-	conn, err := net.DialTimeout("tcp", addr, time.Second)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(time.Second))
-	if _, err := conn.Write([]byte("PING\r\n")); err != nil {
-		return err
-	}
-	line, err := bufio.NewReader(conn).ReadString('\n')
-	if err != nil {
-		return err
-	}
-	if line != "+PONG\r\n" {
-		return fmt.Errorf("PING answered %q", line)
-	}
-	return nil
-}
+func waitForPing(addr string, limit time.Duration) error { return redistest.WaitForPing(addr, limit) }
 
 // evalCalls reports how many EVALSHA and EVAL commands the server has run,
 // from INFO commandstats.

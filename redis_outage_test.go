@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	idem "github.com/ginidem/idempotency"
+	"github.com/ginidem/idempotency/internal/suite"
 )
 
 // Redis stopped and restarted under a running service, with the outage
@@ -139,21 +140,21 @@ func TestSpec22_ReleaseFailedDuringAnOutageIsRetried(t *testing.T) {
 	srv := startAOFRedis(t)
 	var runs atomic.Int32
 	gate := make(chan struct{})
-	ev := newEvents()
+	ev := suite.NewEvents()
 	opts := []idem.Option{idem.WithStoreTimeout(200 * time.Millisecond), idem.WithLease(30 * time.Second)}
 	a := newOutageService(t, idem.NewRedisStore(newRedisClient(t, srv.addr)), &runs, gate,
-		append(opts, idem.WithEventHook(ev.hook))...)
+		append(opts, idem.WithEventHook(ev.Hook))...)
 	b := newOutageService(t, idem.NewRedisStore(newRedisClient(t, srv.addr)), &runs, nil, opts...)
 	a.status.Store(http.StatusInternalServerError)
 	hc := newHTTPClient(t)
 
 	first := make(chan redisResp, 1)
 	go func() { first <- postOrder(hc, a.srv, redisHTTPKey) }()
-	ev.waitFor(t, idem.EventAcquired)
+	ev.WaitFor(t, idem.EventAcquired)
 	srv.Stop()
 	close(gate)
 	assert.Equal(t, http.StatusInternalServerError, recvRedis(t, first).status)
-	ev.waitFor(t, idem.EventStoreError) // the release failed
+	ev.WaitFor(t, idem.EventStoreError) // the release failed
 	require.NoError(t, srv.Start())
 
 	admin := newRedisClient(t, srv.addr)
@@ -174,19 +175,19 @@ func TestSpec22_RetryTakesOverAPendingRelease(t *testing.T) {
 	srv := startAOFRedis(t)
 	var runs atomic.Int32
 	gate := make(chan struct{}, 1)
-	ev := newEvents()
+	ev := suite.NewEvents()
 	a := newOutageService(t, idem.NewRedisStore(newRedisClient(t, srv.addr)), &runs, gate,
-		idem.WithStoreTimeout(200*time.Millisecond), idem.WithLease(30*time.Second), idem.WithEventHook(ev.hook))
+		idem.WithStoreTimeout(200*time.Millisecond), idem.WithLease(30*time.Second), idem.WithEventHook(ev.Hook))
 	a.status.Store(http.StatusServiceUnavailable)
 	hc := newHTTPClient(t)
 
 	first := make(chan redisResp, 1)
 	go func() { first <- postOrder(hc, a.srv, redisHTTPKey) }()
-	ev.waitFor(t, idem.EventAcquired)
+	ev.WaitFor(t, idem.EventAcquired)
 	srv.Stop()
 	gate <- struct{}{}
 	assert.Equal(t, http.StatusServiceUnavailable, recvRedis(t, first).status)
-	ev.waitFor(t, idem.EventStoreError)
+	ev.WaitFor(t, idem.EventStoreError)
 	require.NoError(t, srv.Start())
 
 	a.status.Store(http.StatusCreated)
@@ -207,27 +208,27 @@ func TestSpec23_CompletionLandsAfterAnOutageLongerThanTheLease(t *testing.T) {
 	srv := startAOFRedis(t)
 	var runs atomic.Int32
 	gate := make(chan struct{})
-	ev := newEvents()
+	ev := suite.NewEvents()
 	opts := []idem.Option{idem.WithStoreTimeout(200 * time.Millisecond), idem.WithLease(lease)}
 	a := newOutageService(t, idem.NewRedisStore(newRedisClient(t, srv.addr)), &runs, gate,
-		append(opts, idem.WithEventHook(ev.hook))...)
+		append(opts, idem.WithEventHook(ev.Hook))...)
 	b := newOutageService(t, idem.NewRedisStore(newRedisClient(t, srv.addr)), &runs, nil, opts...)
 	hc := newHTTPClient(t)
 
 	first := make(chan redisResp, 1)
 	go func() { first <- postOrder(hc, a.srv, redisHTTPKey) }()
-	ev.waitFor(t, idem.EventAcquired)
+	ev.WaitFor(t, idem.EventAcquired)
 	srv.Stop()
 	down := time.Now()
 	close(gate)
 	answer := recvRedis(t, first)
 	require.Equal(t, http.StatusCreated, answer.status, "the first client gets its answer")
-	ev.waitFor(t, idem.EventStoreError) // the first completion attempt failed
+	ev.WaitFor(t, idem.EventStoreError) // the first completion attempt failed
 	outlast(down, lease)
 	require.NoError(t, srv.Start())
 
-	ev.waitFor(t, idem.EventCompleted)
-	assert.NotContains(t, ev.kinds(), idem.EventLostLease)
+	ev.WaitFor(t, idem.EventCompleted)
+	assert.NotContains(t, ev.Kinds(), idem.EventLostLease)
 	retry := postOrder(hc, b.srv, redisHTTPKey)
 	assert.Equal(t, http.StatusCreated, retry.status)
 	assert.True(t, retry.replayed(), "the retry gets the replay, marked Idempotent-Replayed")
@@ -244,22 +245,22 @@ func TestSpec23_RetryWhileTheCompletionIsPendingGetsItsAnswer(t *testing.T) {
 	srv := startAOFRedis(t)
 	var runs atomic.Int32
 	gate := make(chan struct{})
-	ev := newEvents()
+	ev := suite.NewEvents()
 	opts := []idem.Option{idem.WithStoreTimeout(200 * time.Millisecond), idem.WithLease(lease)}
 	a := newOutageService(t, idem.NewRedisStore(newRedisClient(t, srv.addr)), &runs, gate,
-		append(opts, idem.WithEventHook(ev.hook))...)
+		append(opts, idem.WithEventHook(ev.Hook))...)
 	b := newOutageService(t, idem.NewRedisStore(newRedisClient(t, srv.addr), idem.WithRedisLocalCache(0, 0)), &runs, nil, opts...)
 	hc := newHTTPClient(t)
 
 	first := make(chan redisResp, 1)
 	go func() { first <- postOrder(hc, a.srv, redisHTTPKey) }()
-	ev.waitFor(t, idem.EventAcquired)
+	ev.WaitFor(t, idem.EventAcquired)
 	srv.Stop()
 	down := time.Now()
 	close(gate)
 	answer := recvRedis(t, first)
 	require.Equal(t, http.StatusCreated, answer.status)
-	ev.waitFor(t, idem.EventStoreError)
+	ev.WaitFor(t, idem.EventStoreError)
 
 	pending := postOrder(hc, a.srv, redisHTTPKey)
 	assert.Equal(t, http.StatusCreated, pending.status, "the pending answer, not 503: %s", pending.body)
@@ -271,7 +272,7 @@ func TestSpec23_RetryWhileTheCompletionIsPendingGetsItsAnswer(t *testing.T) {
 	assert.Equal(t, answer.body, late.body)
 
 	require.NoError(t, srv.Start())
-	ev.waitFor(t, idem.EventCompleted)
+	ev.WaitFor(t, idem.EventCompleted)
 	elsewhere := postOrder(hc, b.srv, redisHTTPKey)
 	assert.True(t, elsewhere.replayed(), "the completion landed in Redis")
 	assert.Equal(t, answer.body, elsewhere.body)

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/goleak"
 
 	idem "github.com/ginidem/idempotency"
+	"github.com/ginidem/idempotency/internal/suite"
 )
 
 // downStore is a store whose Release and Complete fail while down is set,
@@ -46,14 +47,14 @@ func (s *downStore) Complete(ctx context.Context, key, token string, rec *idem.R
 func TestSpec22_FailedReleaseIsRetriedOnEveryStore(t *testing.T) {
 	store := &downStore{Store: idem.NewMemoryStore()}
 	var runs atomic.Int32
-	ev := newEvents()
-	svc := newOutageService(t, store, &runs, nil, idem.WithLease(30*time.Second), idem.WithEventHook(ev.hook))
+	ev := suite.NewEvents()
+	svc := newOutageService(t, store, &runs, nil, idem.WithLease(30*time.Second), idem.WithEventHook(ev.Hook))
 	hc := newHTTPClient(t)
 
 	store.down.Store(true)
 	svc.status.Store(http.StatusInternalServerError)
 	assert.Equal(t, http.StatusInternalServerError, postOrder(hc, svc.srv, redisHTTPKey).status)
-	ev.waitFor(t, idem.EventStoreError)
+	ev.WaitFor(t, idem.EventStoreError)
 	store.down.Store(false)
 
 	svc.status.Store(http.StatusCreated)
@@ -72,15 +73,15 @@ func TestSpec22_BackgroundRetriesEnd(t *testing.T) {
 	t.Run("every store/release and completion retried until the store answers", func(t *testing.T) {
 		store := &downStore{Store: idem.NewMemoryStore()}
 		var runs atomic.Int32
-		ev := newEvents()
-		svc := newOutageService(t, store, &runs, nil, idem.WithLease(30*time.Second), idem.WithEventHook(ev.hook))
+		ev := suite.NewEvents()
+		svc := newOutageService(t, store, &runs, nil, idem.WithLease(30*time.Second), idem.WithEventHook(ev.Hook))
 		hc := newHTTPClient(t)
 		store.down.Store(true)
 		assert.Equal(t, http.StatusCreated, postOrder(hc, svc.srv, redisHTTPKey).status)
-		ev.waitFor(t, idem.EventStoreError)
+		ev.WaitFor(t, idem.EventStoreError)
 		svc.status.Store(http.StatusInternalServerError)
-		assert.Equal(t, http.StatusInternalServerError, postOrder(hc, svc.srv, key2).status)
-		ev.waitFor(t, idem.EventStoreError)
+		assert.Equal(t, http.StatusInternalServerError, postOrder(hc, svc.srv, suite.Key2).status)
+		ev.WaitFor(t, idem.EventStoreError)
 		store.down.Store(false)
 		waitForAll(t, ev, idem.EventCompleted, idem.EventReleased)
 		assert.True(t, postOrder(hc, svc.srv, redisHTTPKey).replayed())
@@ -89,28 +90,28 @@ func TestSpec22_BackgroundRetriesEnd(t *testing.T) {
 		store := &downStore{Store: idem.NewMemoryStore()}
 		store.down.Store(true)
 		var runs atomic.Int32
-		ev := newEvents()
-		svc := newOutageService(t, store, &runs, nil, idem.WithLease(100*time.Millisecond), idem.WithEventHook(ev.hook))
+		ev := suite.NewEvents()
+		svc := newOutageService(t, store, &runs, nil, idem.WithLease(100*time.Millisecond), idem.WithEventHook(ev.Hook))
 		svc.status.Store(http.StatusInternalServerError)
 		assert.Equal(t, http.StatusInternalServerError, postOrder(newHTTPClient(t), svc.srv, redisHTTPKey).status)
-		ev.waitFor(t, idem.EventStoreError)
+		ev.WaitFor(t, idem.EventStoreError)
 	})
 	t.Run("redis/release and completion across a restart", func(t *testing.T) {
 		srv := startAOFRedis(t)
 		store := idem.NewRedisStore(newRedisClient(t, srv.addr))
 		var runs atomic.Int32
 		gate := make(chan struct{})
-		ev := newEvents()
-		opts := []idem.Option{idem.WithStoreTimeout(200 * time.Millisecond), idem.WithLease(time.Second), idem.WithEventHook(ev.hook)}
+		ev := suite.NewEvents()
+		opts := []idem.Option{idem.WithStoreTimeout(200 * time.Millisecond), idem.WithLease(time.Second), idem.WithEventHook(ev.Hook)}
 		kept := newOutageService(t, store, &runs, gate, opts...)
 		failed := newOutageService(t, store, &runs, gate, opts...)
 		failed.status.Store(http.StatusInternalServerError)
 		hc := newHTTPClient(t)
 		answers := make(chan redisResp, 2)
 		go func() { answers <- postOrder(hc, kept.srv, redisHTTPKey) }()
-		ev.waitFor(t, idem.EventAcquired)
-		go func() { answers <- postOrder(hc, failed.srv, key2) }()
-		ev.waitFor(t, idem.EventAcquired)
+		ev.WaitFor(t, idem.EventAcquired)
+		go func() { answers <- postOrder(hc, failed.srv, suite.Key2) }()
+		ev.WaitFor(t, idem.EventAcquired)
 		srv.Stop()
 		close(gate)
 		recvRedis(t, answers)
@@ -119,7 +120,7 @@ func TestSpec22_BackgroundRetriesEnd(t *testing.T) {
 		waitForAll(t, ev, idem.EventCompleted)
 		admin := newRedisClient(t, srv.addr)
 		require.EventuallyWithT(t, func(c *assert.CollectT) {
-			n, err := admin.Exists(storeCtx(t), "idem:{"+eventKey(t, key2)+"}").Result()
+			n, err := admin.Exists(storeCtx(t), "idem:{"+eventKey(t, suite.Key2)+"}").Result()
 			assert.NoError(c, err)
 			assert.Zero(c, n, "the failed release is retried")
 		}, 5*time.Second, 20*time.Millisecond)
@@ -128,16 +129,16 @@ func TestSpec22_BackgroundRetriesEnd(t *testing.T) {
 		srv := startAOFRedis(t)
 		var runs atomic.Int32
 		gate := make(chan struct{})
-		ev := newEvents()
+		ev := suite.NewEvents()
 		svc := newOutageService(t, idem.NewRedisStore(newRedisClient(t, srv.addr)), &runs, gate,
-			idem.WithStoreTimeout(50*time.Millisecond), idem.WithLease(100*time.Millisecond), idem.WithEventHook(ev.hook))
+			idem.WithStoreTimeout(50*time.Millisecond), idem.WithLease(100*time.Millisecond), idem.WithEventHook(ev.Hook))
 		answer := make(chan redisResp, 1)
 		go func() { answer <- postOrder(newHTTPClient(t), svc.srv, redisHTTPKey) }()
-		ev.waitFor(t, idem.EventAcquired)
+		ev.WaitFor(t, idem.EventAcquired)
 		srv.Stop()
 		close(gate)
 		assert.Equal(t, http.StatusCreated, recvRedis(t, answer).status)
-		ev.waitFor(t, idem.EventLostLease) // given up after 10 leases
+		ev.WaitFor(t, idem.EventLostLease) // given up after 10 leases
 	})
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		assert.NoError(c, goleak.Find(before))
@@ -145,11 +146,11 @@ func TestSpec22_BackgroundRetriesEnd(t *testing.T) {
 }
 
 // waitForAll waits until events of each kind have arrived, in any order.
-func waitForAll(t *testing.T, ev *events, kinds ...idem.EventKind) {
+func waitForAll(t *testing.T, ev *suite.Events, kinds ...idem.EventKind) {
 	t.Helper()
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		for _, k := range kinds {
-			assert.Contains(c, ev.kinds(), k)
+			assert.Contains(c, ev.Kinds(), k)
 		}
 	}, 10*time.Second, 10*time.Millisecond)
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	idem "github.com/ginidem/idempotency"
+	"github.com/ginidem/idempotency/internal/suite"
 )
 
 // renewalSpy is a RedisStore that says when a lease renewal was refused
@@ -47,16 +48,16 @@ func TestSpec23_RenewalAfterTheRecordExpiredStillCompletes(t *testing.T) {
 	gate := make(chan struct{})
 	var openGate sync.Once
 	t.Cleanup(func() { openGate.Do(func() { close(gate) }) }) // never leave the handler blocked
-	ev := newEvents()
+	ev := suite.NewEvents()
 	spy := &renewalSpy{RedisStore: idem.NewRedisStore(newRedisClient(t, srv.addr)), refused: make(chan struct{})}
 	opts := []idem.Option{idem.WithStoreTimeout(200 * time.Millisecond), idem.WithLease(lease)}
-	a := newOutageService(t, spy, &runs, gate, append(opts, idem.WithEventHook(ev.hook))...)
+	a := newOutageService(t, spy, &runs, gate, append(opts, idem.WithEventHook(ev.Hook))...)
 	b := newOutageService(t, idem.NewRedisStore(newRedisClient(t, srv.addr), idem.WithRedisLocalCache(0, 0)), &runs, nil, opts...)
 	hc := newHTTPClient(t)
 
 	first := make(chan redisResp, 1)
 	go func() { first <- postOrder(hc, a.srv, redisHTTPKey) }()
-	ev.waitFor(t, idem.EventAcquired)
+	ev.WaitFor(t, idem.EventAcquired)
 	srv.Stop()
 	outlast(time.Now(), lease) // the outage's length, longer than the lease, is the condition under test
 	require.NoError(t, srv.Start())
@@ -74,8 +75,8 @@ func TestSpec23_RenewalAfterTheRecordExpiredStillCompletes(t *testing.T) {
 	openGate.Do(func() { close(gate) })
 	answer := recvRedis(t, first)
 	require.Equal(t, http.StatusCreated, answer.status, "the first client gets its answer")
-	ev.waitFor(t, idem.EventCompleted)
-	assert.NotContains(t, ev.kinds(), idem.EventLostLease)
+	ev.WaitFor(t, idem.EventCompleted)
+	assert.NotContains(t, ev.Kinds(), idem.EventLostLease)
 
 	retry := postOrder(hc, b.srv, redisHTTPKey)
 	assert.Equal(t, http.StatusCreated, retry.status)

@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	idem "github.com/ginidem/idempotency"
+	"github.com/ginidem/idempotency/internal/suite"
 )
 
 // memoryTxStore is a TxStore over a MemoryStore, for the middleware's side
@@ -92,29 +93,29 @@ func (s *memoryTxStore) committed() []string {
 // txService serves POST /orders writing one row through the transaction,
 // POST /fail writing a row and answering 500, POST /panic, and POST /plain
 // that ignores the transaction.
-func txService(t *testing.T, store *memoryTxStore, opts ...idem.Option) *served {
-	return mount(t, func(r *gin.Engine, s *served) {
+func txService(t *testing.T, store *memoryTxStore, opts ...idem.Option) *suite.Served {
+	return suite.Mount(t, func(r *gin.Engine, s *suite.Served) {
 		r.Use(gin.CustomRecoveryWithWriter(io.Discard, func(c *gin.Context, _ any) { c.AbortWithStatus(500) }))
 		r.Use(idem.New(append([]idem.Option{idem.WithStore(store)}, opts...)...))
 		r.POST("/orders", func(c *gin.Context) {
-			s.calls.Add(1)
+			s.Calls.Add(1)
 			require.True(t, insert(c, "order"), "the handler has the request's transaction")
 			c.Header("Location", "/orders/1")
 			c.String(http.StatusCreated, "created")
 		})
 		r.POST("/fail", func(c *gin.Context) {
-			s.calls.Add(1)
+			s.Calls.Add(1)
 			insert(c, "half")
 			c.String(http.StatusInternalServerError, "failed")
 		})
 		r.POST("/panic", func(c *gin.Context) {
-			s.calls.Add(1)
+			s.Calls.Add(1)
 			insert(c, "half")
 			c.Writer.WriteHeader(http.StatusCreated)
 			panic("after a write")
 		})
 		r.POST("/plain", func(c *gin.Context) {
-			s.calls.Add(1)
+			s.Calls.Add(1)
 			c.String(http.StatusCreated, "plain")
 		})
 	})
@@ -132,12 +133,12 @@ func TestSpec31_Transactions(t *testing.T) {
 		// server goroutine waits in Commit: nothing may have reached it.
 		w := httptest.NewRecorder()
 		req := httptest.NewRequest(http.MethodPost, "/orders", strings.NewReader("x"))
-		req.Header.Set("Idempotency-Key", key1)
+		req.Header.Set("Idempotency-Key", suite.Key1)
 		req.Header.Set("Authorization", "Bearer u")
 		served := make(chan struct{})
 		go func() {
 			defer close(served)
-			s.srv.Config.Handler.ServeHTTP(w, req)
+			s.Srv.Config.Handler.ServeHTTP(w, req)
 		}()
 		select {
 		case <-store.inCommit:
@@ -151,23 +152,23 @@ func TestSpec31_Transactions(t *testing.T) {
 		assert.Equal(t, http.StatusCreated, w.Code)
 		assert.Equal(t, "created", w.Body.String())
 		assert.Equal(t, []string{"order"}, store.committed())
-		replay := s.send(s.client, "/orders", key1, "x", auth)
-		assert.True(t, replay.replayed())
-		assert.Equal(t, "created", replay.body)
-		assert.Equal(t, int32(1), s.calls.Load())
+		replay := s.Send(s.Client, "/orders", suite.Key1, "x", auth)
+		assert.True(t, replay.Replayed())
+		assert.Equal(t, "created", replay.Body)
+		assert.Equal(t, int32(1), s.Calls.Load())
 	})
 
 	t.Run("spec31/a failed commit answers a problem, keeps nothing and frees the key", func(t *testing.T) {
 		store := newStore()
 		store.failCommit = errors.New("commit failed")
 		s := txService(t, store)
-		r := s.send(s.client, "/orders", key1, "x", auth)
-		assert.Equal(t, http.StatusServiceUnavailable, r.status)
-		assert.Equal(t, idem.ProblemStoreUnavailable, r.problem(t).Type)
-		assert.Empty(t, r.header.Get("Location"), "nothing of the rolled-back answer is sent")
+		r := s.Send(s.Client, "/orders", suite.Key1, "x", auth)
+		assert.Equal(t, http.StatusServiceUnavailable, r.Status)
+		assert.Equal(t, idem.ProblemStoreUnavailable, r.Problem(t).Type)
+		assert.Empty(t, r.Header.Get("Location"), "nothing of the rolled-back answer is sent")
 		assert.Empty(t, store.committed())
 		store.failCommit = nil
-		assert.Equal(t, http.StatusCreated, s.send(s.client, "/orders", key1, "x", auth).status, "the retry runs")
+		assert.Equal(t, http.StatusCreated, s.Send(s.Client, "/orders", suite.Key1, "x", auth).Status, "the retry runs")
 		assert.Equal(t, []string{"order"}, store.committed())
 	})
 
@@ -175,31 +176,31 @@ func TestSpec31_Transactions(t *testing.T) {
 		store := newStore()
 		store.failCommit = idem.ErrNotOwner
 		s := txService(t, store)
-		r := s.send(s.client, "/orders", key1, "x", auth)
-		assert.Equal(t, http.StatusServiceUnavailable, r.status)
+		r := s.Send(s.Client, "/orders", suite.Key1, "x", auth)
+		assert.Equal(t, http.StatusServiceUnavailable, r.Status)
 		assert.Empty(t, store.committed())
 	})
 
 	t.Run("spec31/a 5xx and a panic roll back and free the key", func(t *testing.T) {
 		store := newStore()
 		s := txService(t, store)
-		failed := s.send(s.client, "/fail", key1, "x", auth)
-		assert.Equal(t, http.StatusInternalServerError, failed.status)
-		assert.Equal(t, "failed", failed.body, "the handler's own answer")
-		assert.Equal(t, http.StatusInternalServerError, s.send(s.client, "/fail", key1, "x", auth).status)
-		panicked := s.send(s.client, "/panic", key2, "x", auth)
-		assert.Equal(t, http.StatusInternalServerError, panicked.status, "not the half-written 201")
+		failed := s.Send(s.Client, "/fail", suite.Key1, "x", auth)
+		assert.Equal(t, http.StatusInternalServerError, failed.Status)
+		assert.Equal(t, "failed", failed.Body, "the handler's own answer")
+		assert.Equal(t, http.StatusInternalServerError, s.Send(s.Client, "/fail", suite.Key1, "x", auth).Status)
+		panicked := s.Send(s.Client, "/panic", suite.Key2, "x", auth)
+		assert.Equal(t, http.StatusInternalServerError, panicked.Status, "not the half-written 201")
 		assert.Empty(t, store.committed())
-		assert.Equal(t, int32(3), s.calls.Load(), "each retry ran: nothing was kept")
+		assert.Equal(t, int32(3), s.Calls.Load(), "each retry ran: nothing was kept")
 	})
 
 	t.Run("spec31/a handler that ignores the transaction works as on any store", func(t *testing.T) {
 		store := newStore()
 		s := txService(t, store)
-		first := s.send(s.client, "/plain", key1, "x", auth)
-		assert.Equal(t, http.StatusCreated, first.status)
-		assert.True(t, s.send(s.client, "/plain", key1, "x", auth).replayed())
-		assert.Equal(t, int32(1), s.calls.Load())
+		first := s.Send(s.Client, "/plain", suite.Key1, "x", auth)
+		assert.Equal(t, http.StatusCreated, first.Status)
+		assert.True(t, s.Send(s.Client, "/plain", suite.Key1, "x", auth).Replayed())
+		assert.Equal(t, int32(1), s.Calls.Load())
 	})
 }
 
@@ -208,19 +209,19 @@ func TestSpec31_Transactions(t *testing.T) {
 // nothing, and its response is kept whole and replayed.
 func TestSpec31_AFlushedTransactionalResponseIsReplayed(t *testing.T) {
 	store := &memoryTxStore{MemoryStore: idem.NewMemoryStore()}
-	s := mount(t, func(r *gin.Engine, s *served) {
+	s := suite.Mount(t, func(r *gin.Engine, s *suite.Served) {
 		r.POST("/events", idem.New(idem.WithStore(store)), func(c *gin.Context) {
-			s.calls.Add(1)
+			s.Calls.Add(1)
 			c.Header("Content-Type", "text/plain")
 			c.Writer.WriteString("one ")
 			c.Writer.Flush()
 			c.Writer.WriteString("two")
 		})
 	})
-	first := s.send(s.client, "/events", key1, "x", "Authorization: Bearer u")
-	assert.Equal(t, "one two", first.body)
-	replay := s.send(s.client, "/events", key1, "x", "Authorization: Bearer u")
-	assert.True(t, replay.replayed())
-	assert.Equal(t, "one two", replay.body)
-	assert.Equal(t, int32(1), s.calls.Load())
+	first := s.Send(s.Client, "/events", suite.Key1, "x", "Authorization: Bearer u")
+	assert.Equal(t, "one two", first.Body)
+	replay := s.Send(s.Client, "/events", suite.Key1, "x", "Authorization: Bearer u")
+	assert.True(t, replay.Replayed())
+	assert.Equal(t, "one two", replay.Body)
+	assert.Equal(t, int32(1), s.Calls.Load())
 }

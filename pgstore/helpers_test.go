@@ -1,8 +1,8 @@
 package pgstore_test
 
 // What the tests share: clocks, a migrated store, a context with a
-// deadline. The store-level conformance table runs on pgstore from the
-// root package (store_suite_test.go, postgres_harness_test.go).
+// deadline. The shared suites, the store-level conformance table among
+// them, run on pgstore from the tests module (tests/suites_test.go).
 
 import (
 	"context"

@@ -1,4 +1,4 @@
-package idempotency_test
+package tests
 
 import (
 	"bufio"
@@ -21,6 +21,8 @@ import (
 
 	idem "github.com/ginidem/idempotency"
 	"github.com/ginidem/idempotency/internal/pgtest"
+	"github.com/ginidem/idempotency/internal/redistest"
+	"github.com/ginidem/idempotency/internal/suite"
 )
 
 // The SIGKILL tests of pgstore (pgstore/crash_test.go), on the Redis store:
@@ -124,7 +126,7 @@ func newRedisCrash(t *testing.T, mode string) *redisCrash {
 	t.Helper()
 	db := pgtest.NewDB(t) // skips without Postgres
 	db.Exec(t, crashOrdersSchema)
-	client, prefix, advance := redisTargets(false)[0].open(t) // a real redis-server where installed
+	client, prefix, advance := redistest.Targets(false)[0].Open(t) // a real redis-server where installed
 	single, ok := client.(*redis.Client)
 	require.True(t, ok)
 
@@ -192,8 +194,8 @@ func postCrashOrder(url string) crashAnswer {
 	if err != nil {
 		return crashAnswer{err: err}
 	}
-	hr.Header.Set("Idempotency-Key", key1)
-	hr.Header.Set("Authorization", defaultAuth)
+	hr.Header.Set("Idempotency-Key", suite.Key1)
+	hr.Header.Set("Authorization", suite.DefaultAuth)
 	res, err := http.DefaultClient.Do(hr)
 	if err != nil {
 		return crashAnswer{err: err}

@@ -1,4 +1,4 @@
-package idempotency_test
+package tests
 
 import (
 	"context"
@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	idem "github.com/ginidem/idempotency"
+	"github.com/ginidem/idempotency/internal/suite"
 	"github.com/ginidem/idempotency/pgstore"
 	"github.com/ginidem/idempotency/promidem"
 )
@@ -158,15 +159,15 @@ func (h *valueHook) waitKind(t *testing.T, kind idem.EventKind) seenEvent {
 // set as request_id) and userAuth, with the middleware scoped by user_id.
 // POST /complete-later fails the first completion (the store refuses it
 // while fail is set), so that it completes in the background.
-func valuesService(t *testing.T, store idem.Store, fail func(bool), opts ...idem.Option) *served {
-	return mount(t, func(r *gin.Engine, s *served) {
+func valuesService(t *testing.T, store idem.Store, fail func(bool), opts ...idem.Option) *suite.Served {
+	return suite.Mount(t, func(r *gin.Engine, s *suite.Served) {
 		r.Use(requestid.New(requestid.WithHandler(func(c *gin.Context, id string) { c.Set("request_id", id) })))
 		r.Use(userAuth)
 		r.Use(idem.New(append([]idem.Option{idem.WithStore(store), idem.WithScope(idem.ScopeFromContext("user_id"))}, opts...)...))
-		r.POST("/things", s.create)
+		r.POST("/things", s.Create)
 		r.POST("/complete-later", func(c *gin.Context) {
 			fail(true) // the key is held: the completion is the next store call
-			s.create(c)
+			s.Create(c)
 		})
 	})
 }
@@ -180,24 +181,24 @@ func valuesService(t *testing.T, store idem.Store, fail func(bool), opts ...idem
 // completion retried in the background carries the key but not the
 // request's values. WithoutKeyInEvents leaves the key out of both.
 func TestSpec33_EventsCarryTheKeyAndTheRequestsValues(t *testing.T) {
-	forEachStore(t, func(t *testing.T, h storeHarness) {
+	forEachStore(t, func(t *testing.T, h suite.Harness) {
 		t.Run("spec33/the key and the request's values", func(t *testing.T) {
-			store, _ := h.new(t)
+			store, _ := h.New(t)
 			hook, logs := &valueHook{}, &logCapture{}
 			s := valuesService(t, store, func(bool) {}, idem.WithEventHook(hook.hook), idem.WithLogger(logs.logger()))
 			sent := strings.ToUpper(uuid.NewString()) // as a client may send it
 			canonical := strings.ToLower(sent)
 
-			first := s.send(s.client, "/things", sent, "x", "X-User: alice")
-			require.Equal(t, http.StatusCreated, first.status, first.body)
+			first := s.Send(s.Client, "/things", sent, "x", "X-User: alice")
+			require.Equal(t, http.StatusCreated, first.Status, first.Body)
 			hook.waitKind(t, idem.EventCompleted)
-			again := s.send(s.client, "/things", sent, "x", "X-User: alice")
-			require.True(t, again.replayed())
+			again := s.Send(s.Client, "/things", sent, "x", "X-User: alice")
+			require.True(t, again.Replayed())
 			hook.waitKind(t, idem.EventReplayed)
 
 			ids := map[idem.EventKind]string{
-				idem.EventAcquired: first.header.Get("X-Request-ID"), idem.EventCompleted: first.header.Get("X-Request-ID"),
-				idem.EventReplayed: again.header.Get("X-Request-ID"),
+				idem.EventAcquired: first.Header.Get("X-Request-ID"), idem.EventCompleted: first.Header.Get("X-Request-ID"),
+				idem.EventReplayed: again.Header.Get("X-Request-ID"),
 			}
 			require.NotEqual(t, ids[idem.EventAcquired], ids[idem.EventReplayed])
 			seen := hook.all()
@@ -221,34 +222,34 @@ func TestSpec33_EventsCarryTheKeyAndTheRequestsValues(t *testing.T) {
 		})
 
 		t.Run("spec33/a background completion has the key but not the request", func(t *testing.T) {
-			if h.tx {
+			if h.Tx {
 				t.Skip("a TxStore's failed commit answers 503 and leaves nothing to complete in the background (SPEC 31)")
 			}
-			var cs *countingStore
-			store, _ := counted(h, &cs).new(t)
+			var cs *suite.CountingStore
+			store, _ := suite.Counted(h, &cs).New(t)
 			hook := &valueHook{}
-			s := valuesService(t, store, cs.fail.Store, idem.WithEventHook(hook.hook), idem.WithLogger(slog.New(slog.DiscardHandler)))
+			s := valuesService(t, store, cs.Fail.Store, idem.WithEventHook(hook.hook), idem.WithLogger(slog.New(slog.DiscardHandler)))
 			key := uuid.NewString()
-			first := s.send(s.client, "/complete-later", key, "x", "X-User: bob")
-			require.Equal(t, http.StatusCreated, first.status, first.body)
+			first := s.Send(s.Client, "/complete-later", key, "x", "X-User: bob")
+			require.Equal(t, http.StatusCreated, first.Status, first.Body)
 			failed := hook.waitKind(t, idem.EventStoreError)
 			assert.Equal(t, "bob", failed.user, "the failed first completion is reported during the request")
-			cs.fail.Store(false)
+			cs.Fail.Store(false)
 
 			done := hook.waitKind(t, idem.EventCompleted)
 			assert.Equal(t, key, done.IdempotencyKey)
 			assert.Nil(t, done.user, "the background completion runs after the request: none of its values")
 			assert.Nil(t, done.requestID)
-			assert.True(t, s.send(s.client, "/complete-later", key, "x", "X-User: bob").replayed())
+			assert.True(t, s.Send(s.Client, "/complete-later", key, "x", "X-User: bob").Replayed())
 		})
 
 		t.Run("spec33/WithoutKeyInEvents leaves the key out", func(t *testing.T) {
-			store, _ := h.new(t)
+			store, _ := h.New(t)
 			hook, logs := &valueHook{}, &logCapture{}
 			s := valuesService(t, store, func(bool) {}, idem.WithEventHook(hook.hook), idem.WithLogger(logs.logger()),
 				idem.WithoutKeyInEvents())
 			key := uuid.NewString()
-			require.Equal(t, http.StatusCreated, s.send(s.client, "/things", key, "x", "X-User: carol").status)
+			require.Equal(t, http.StatusCreated, s.Send(s.Client, "/things", key, "x", "X-User: carol").Status)
 			hook.waitKind(t, idem.EventCompleted)
 			for _, e := range hook.all() {
 				assert.Empty(t, e.IdempotencyKey, e.Kind)
@@ -270,23 +271,23 @@ func TestSpec33_EventsCarryTheKeyAndTheRequestsValues(t *testing.T) {
 // with 400 unknown-caller. That is logged at warn level once per route,
 // however many requests show it, saying what to change, on every store.
 func TestSpec33_UnknownCallerWarnsOncePerRoute(t *testing.T) {
-	forEachStore(t, func(t *testing.T, h storeHarness) {
-		store, _ := h.new(t)
+	forEachStore(t, func(t *testing.T, h suite.Harness) {
+		store, _ := h.New(t)
 		logs := &logCapture{}
-		s := mount(t, func(r *gin.Engine, s *served) {
+		s := suite.Mount(t, func(r *gin.Engine, s *suite.Served) {
 			r.Use(idem.New(idem.WithStore(store), idem.WithScope(idem.ScopeFromContext("user_id")), idem.WithLogger(logs.logger())))
 			r.Use(userAuth) // too late: the middleware has already looked for user_id
-			r.POST("/orders", s.create)
-			r.POST("/refunds", s.create)
+			r.POST("/orders", s.Create)
+			r.POST("/refunds", s.Create)
 		})
 		for range 20 {
 			for _, path := range []string{"/orders", "/refunds"} {
-				r := s.send(s.client, path, uuid.NewString(), "x", "X-User: dave")
-				require.Equal(t, http.StatusBadRequest, r.status)
-				assert.Equal(t, idem.ProblemUnknownCaller, r.problem(t).Type)
+				r := s.Send(s.Client, path, uuid.NewString(), "x", "X-User: dave")
+				require.Equal(t, http.StatusBadRequest, r.Status)
+				assert.Equal(t, idem.ProblemUnknownCaller, r.Problem(t).Type)
 			}
 		}
-		assert.Zero(t, s.calls.Load())
+		assert.Zero(t, s.Calls.Load())
 		warnings := logs.at(slog.LevelWarn, "")
 		require.Len(t, warnings, 2, "one warning per route for 40 refused requests")
 		routes := []string{warnings[0].attrs["route"], warnings[1].attrs["route"]}
@@ -318,15 +319,15 @@ func TestSpec33_AnAnswerWrittenOutsideWarnsOncePerRoute(t *testing.T) {
 			c.JSON(http.StatusCreated, gin.H{"data": data})
 		}
 	}
-	forEachStore(t, func(t *testing.T, h storeHarness) {
+	forEachStore(t, func(t *testing.T, h suite.Harness) {
 		for _, outer := range []struct {
 			name string
 			mw   gin.HandlerFunc
 			want int
 		}{{"error renderer", errorRenderer, http.StatusUnprocessableEntity}, {"response envelope", envelope, http.StatusCreated}} {
-			serve := func(t *testing.T, inside bool, logs *logCapture) *served {
-				store, _ := h.new(t)
-				return mount(t, func(r *gin.Engine, s *served) {
+			serve := func(t *testing.T, inside bool, logs *logCapture) *suite.Served {
+				store, _ := h.New(t)
+				return suite.Mount(t, func(r *gin.Engine, s *suite.Served) {
 					r.Use(userAuth)
 					mw := idem.New(idem.WithStore(store), idem.WithScope(idem.ScopeFromContext("user_id")), idem.WithLogger(logs.logger()))
 					if inside {
@@ -335,7 +336,7 @@ func TestSpec33_AnAnswerWrittenOutsideWarnsOncePerRoute(t *testing.T) {
 						r.Use(outer.mw, mw)
 					}
 					r.POST("/orders", func(c *gin.Context) {
-						n := s.calls.Add(1)
+						n := s.Calls.Add(1)
 						_ = c.Error(errors.New("order " + strconv.Itoa(int(n)) + " rejected"))
 						c.Set("data", n)
 					})
@@ -346,9 +347,9 @@ func TestSpec33_AnAnswerWrittenOutsideWarnsOncePerRoute(t *testing.T) {
 				s := serve(t, false, logs)
 				key := uuid.NewString()
 				for range 10 {
-					assert.Equal(t, outer.want, s.send(s.client, "/orders", key, "x", "X-User: erin").status)
+					assert.Equal(t, outer.want, s.Send(s.Client, "/orders", key, "x", "X-User: erin").Status)
 				}
-				assert.Equal(t, int32(10), s.calls.Load(), "each retry ran the handler again: the reason for the warning")
+				assert.Equal(t, int32(10), s.Calls.Load(), "each retry ran the handler again: the reason for the warning")
 				warnings := logs.at(slog.LevelWarn, "")
 				require.Len(t, warnings, 1)
 				assert.Equal(t, "/orders", warnings[0].attrs["route"])
@@ -359,12 +360,12 @@ func TestSpec33_AnAnswerWrittenOutsideWarnsOncePerRoute(t *testing.T) {
 				logs := &logCapture{}
 				s := serve(t, true, logs)
 				key := uuid.NewString()
-				first := s.send(s.client, "/orders", key, "x", "X-User: erin")
-				assert.Equal(t, outer.want, first.status)
-				again := s.send(s.client, "/orders", key, "x", "X-User: erin")
-				assert.True(t, again.replayed())
-				assert.Equal(t, first.body, again.body)
-				assert.Equal(t, int32(1), s.calls.Load())
+				first := s.Send(s.Client, "/orders", key, "x", "X-User: erin")
+				assert.Equal(t, outer.want, first.Status)
+				again := s.Send(s.Client, "/orders", key, "x", "X-User: erin")
+				assert.True(t, again.Replayed())
+				assert.Equal(t, first.Body, again.Body)
+				assert.Equal(t, int32(1), s.Calls.Load())
 				assert.Empty(t, logs.at(slog.LevelWarn, ""))
 			})
 		}
@@ -379,7 +380,7 @@ func TestSpec33_AnAnswerWrittenOutsideWarnsOncePerRoute(t *testing.T) {
 // even over a MemoryStore).
 func TestSpec32_AnOpenCircuitIsNotALogFlood(t *testing.T) {
 	const refused = 100
-	forEachStore(t, func(t *testing.T, h storeHarness) {
+	forEachStore(t, func(t *testing.T, h suite.Harness) {
 		for _, failOpen := range []bool{false, true} {
 			name, want, summary := "spec32/fail closed", http.StatusServiceUnavailable, "idempotency: store circuit open: keyed requests refused"
 			opts := []idem.Option{}
@@ -388,19 +389,19 @@ func TestSpec32_AnOpenCircuitIsNotALogFlood(t *testing.T) {
 				opts = append(opts, idem.WithFailOpen())
 			}
 			t.Run(name, func(t *testing.T) {
-				var cs *countingStore
+				var cs *suite.CountingStore
 				logs, metrics := &logCapture{}, promidem.New()
-				a := newApp(t, counted(h, &cs), append(opts, idem.WithCircuitBreaker(3, time.Hour),
+				a := suite.NewApp(t, suite.Counted(h, &cs), append(opts, idem.WithCircuitBreaker(3, time.Hour),
 					idem.WithLogger(logs.logger()), metrics.Option())...)
-				cs.fail.Store(true)
+				cs.Fail.Store(true)
 				for range 3 {
-					a.do(post("/things", uuid.NewString(), "x"))
+					a.Do(suite.Post("/things", uuid.NewString(), "x"))
 				}
 				require.Len(t, logs.at(slog.LevelInfo, "idempotency: store circuit open"), 1, "the breaker opened")
 				logs.reset()
 
 				for range refused {
-					assert.Equal(t, want, a.do(post("/things", uuid.NewString(), "x")).status)
+					assert.Equal(t, want, a.Do(suite.Post("/things", uuid.NewString(), "x")).Status)
 				}
 				loud := logs.at(slog.LevelWarn, "")
 				require.Len(t, loud, 1, "%d refused requests, one line at warn or error: %v", refused, loud)
@@ -418,27 +419,27 @@ func TestSpec32_AnOpenCircuitIsNotALogFlood(t *testing.T) {
 // the summary lines add up to every request the open circuit refused, as
 // the metrics count them, on every store.
 func TestSpec32_TheSummaryCountsEveryRefusal(t *testing.T) {
-	forEachStore(t, func(t *testing.T, h storeHarness) {
-		var cs *countingStore
-		logs, metrics, ev := &logCapture{}, promidem.New(), newEvents()
-		a := newApp(t, counted(h, &cs), idem.WithCircuitBreaker(2, 50*time.Millisecond),
-			idem.WithLogger(logs.logger()), idem.WithEventHook(promidem.Chain(metrics.Hook(), ev.hook)))
-		cs.fail.Store(true)
+	forEachStore(t, func(t *testing.T, h suite.Harness) {
+		var cs *suite.CountingStore
+		logs, metrics, ev := &logCapture{}, promidem.New(), suite.NewEvents()
+		a := suite.NewApp(t, suite.Counted(h, &cs), idem.WithCircuitBreaker(2, 50*time.Millisecond),
+			idem.WithLogger(logs.logger()), idem.WithEventHook(promidem.Chain(metrics.Hook(), ev.Hook)))
+		cs.Fail.Store(true)
 		for range 2 {
-			a.do(post("/things", uuid.NewString(), "x"))
+			a.Do(suite.Post("/things", uuid.NewString(), "x"))
 		}
-		ev.waitFor(t, idem.EventBreakerOpen)
+		ev.WaitFor(t, idem.EventBreakerOpen)
 		for range 30 {
-			a.do(post("/things", uuid.NewString(), "x"))
+			a.Do(suite.Post("/things", uuid.NewString(), "x"))
 		}
-		cs.fail.Store(false)
+		cs.Fail.Store(false)
 		require.EventuallyWithT(t, func(c *assert.CollectT) {
-			assert.Equal(c, http.StatusCreated, a.do(post("/things", uuid.NewString(), "x")).status)
+			assert.Equal(c, http.StatusCreated, a.Do(suite.Post("/things", uuid.NewString(), "x")).Status)
 		}, 10*time.Second, 10*time.Millisecond)
-		ev.waitFor(t, idem.EventBreakerClosed)
+		ev.WaitFor(t, idem.EventBreakerClosed)
 
 		refusals := 0
-		for _, e := range ev.all() {
+		for _, e := range ev.All() {
 			if errors.Is(e.Err, idem.ErrCircuitOpen) {
 				refusals++
 			}
@@ -464,46 +465,46 @@ func TestSpec32_TheSummaryCountsEveryRefusal(t *testing.T) {
 // may have stopped, on every store. On Postgres, where the transaction's
 // lock holds the key after its lease ran out, the answer says that too.
 func TestSpec33_InFlightRetryAfterFromTheLease(t *testing.T) {
-	forEachStore(t, func(t *testing.T, h storeHarness) {
+	forEachStore(t, func(t *testing.T, h suite.Harness) {
 		t.Run("spec33/Retry-After counts down a lease not renewed", func(t *testing.T) {
-			a := newApp(t, h) // a lease of one minute, renewed every 20 s of real time
-			first := a.async(post("/slow", key1, "x"))
-			a.waitEntered(1)
+			a := suite.NewApp(t, h) // a lease of one minute, renewed every 20 s of real time
+			first := a.Async(suite.Post("/slow", suite.Key1, "x"))
+			a.WaitEntered(1)
 
-			r := a.doBounded(post("/slow", key1, "x"))
-			require.Equal(t, http.StatusConflict, r.status)
-			assert.Equal(t, "1", r.header.Get("Retry-After"), "a holder that renews: a short hint")
-			p := r.problem(t)
+			r := a.DoBounded(suite.Post("/slow", suite.Key1, "x"))
+			require.Equal(t, http.StatusConflict, r.Status)
+			assert.Equal(t, "1", r.Header.Get("Retry-After"), "a holder that renews: a short hint")
+			p := r.Problem(t)
 			assert.Equal(t, idem.ProblemInFlight, p.Type)
 			assert.NotContains(t, p.Detail, "stopped")
 
-			a.advance(40 * time.Second) // 20 s left, and no renewal: the holder looks dead
-			r = a.doBounded(post("/slow", key1, "x"))
-			require.Equal(t, http.StatusConflict, r.status)
+			a.Advance(40 * time.Second) // 20 s left, and no renewal: the holder looks dead
+			r = a.DoBounded(suite.Post("/slow", suite.Key1, "x"))
+			require.Equal(t, http.StatusConflict, r.Status)
 			// 20 s, give or take the time between the clocks' readings (on
 			// Postgres, the database's clock is read after the store's).
-			assert.Contains(t, []string{"19", "20", "21"}, r.header.Get("Retry-After"), "the time left on the lease")
-			p = r.problem(t)
+			assert.Contains(t, []string{"19", "20", "21"}, r.Header.Get("Retry-After"), "the time left on the lease")
+			p = r.Problem(t)
 			assert.Equal(t, idem.ProblemInFlight, p.Type)
 			assert.Contains(t, p.Detail, "may have stopped")
 
-			a.advance(19*time.Second + 500*time.Millisecond) // under a second left
-			r = a.doBounded(post("/slow", key1, "x"))
-			require.Equal(t, http.StatusConflict, r.status)
-			assert.Equal(t, "1", r.header.Get("Retry-After"), "rounded up: at least 1 s")
-			assert.Contains(t, r.problem(t).Detail, "may have stopped")
+			a.Advance(19*time.Second + 500*time.Millisecond) // under a second left
+			r = a.DoBounded(suite.Post("/slow", suite.Key1, "x"))
+			require.Equal(t, http.StatusConflict, r.Status)
+			assert.Equal(t, "1", r.Header.Get("Retry-After"), "rounded up: at least 1 s")
+			assert.Contains(t, r.Problem(t).Detail, "may have stopped")
 
-			a.open()
-			assert.Equal(t, http.StatusCreated, recv(t, first).status)
-			assert.Equal(t, int32(1), a.calls.Load())
+			a.Open()
+			assert.Equal(t, http.StatusCreated, suite.Recv(t, first).Status)
+			assert.Equal(t, int32(1), a.Calls.Load())
 		})
-		if !h.tx {
+		if !h.Tx {
 			return // elsewhere a key whose lease ran out is free: a retry runs (SPEC 10)
 		}
 		t.Run("spec33/a lease past its end while the transaction holds the key", func(t *testing.T) {
-			store, advance := h.new(t)
+			store, advance := h.New(t)
 			gate, entered := make(chan struct{}), make(chan struct{}, 1)
-			s := mount(t, func(r *gin.Engine, s *served) {
+			s := suite.Mount(t, func(r *gin.Engine, s *suite.Served) {
 				r.Use(userAuth, idem.New(idem.WithStore(store), idem.WithScope(idem.ScopeFromContext("user_id"))))
 				r.POST("/orders", func(c *gin.Context) {
 					_, err := pgstore.Tx(c).Exec(c.Request.Context(), "SELECT 1") // the transaction's lock now holds the key
@@ -513,30 +514,30 @@ func TestSpec33_InFlightRetryAfterFromTheLease(t *testing.T) {
 					}
 					entered <- struct{}{}
 					<-gate
-					s.create(c)
+					s.Create(c)
 				})
 			})
 			var opened sync.Once
 			open := func() { opened.Do(func() { close(gate) }) }
 			t.Cleanup(open) // before the server closes, which waits for the handler
-			done := make(chan resp, 1)
-			go func() { done <- s.send(s.newClient(), "/orders", key1, "x", "X-User: frank") }()
+			done := make(chan suite.Resp, 1)
+			go func() { done <- s.Send(s.NewClient(), "/orders", suite.Key1, "x", "X-User: frank") }()
 			select {
 			case <-entered:
 			case <-time.After(10 * time.Second):
 				t.Fatal("the handler was not entered")
 			}
 			advance(time.Minute + 5*time.Second)
-			r := s.send(s.client, "/orders", key1, "x", "X-User: frank")
-			require.Equal(t, http.StatusConflict, r.status, r.body)
-			assert.Equal(t, "1", r.header.Get("Retry-After"))
-			p := r.problem(t)
+			r := s.Send(s.Client, "/orders", suite.Key1, "x", "X-User: frank")
+			require.Equal(t, http.StatusConflict, r.Status, r.Body)
+			assert.Equal(t, "1", r.Header.Get("Retry-After"))
+			p := r.Problem(t)
 			assert.Equal(t, idem.ProblemInFlight, p.Type)
 			assert.Contains(t, p.Detail, "lease ran out")
 			assert.Contains(t, p.Detail, "may have stopped")
 			open()
-			assert.Equal(t, http.StatusCreated, recv(t, done).status)
-			assert.Equal(t, int32(1), s.calls.Load())
+			assert.Equal(t, http.StatusCreated, suite.Recv(t, done).Status)
+			assert.Equal(t, int32(1), s.Calls.Load())
 		})
 	})
 }
