@@ -94,9 +94,12 @@ func NewRedisStore(client redis.UniversalClient, opts ...RedisStoreOption) *Redi
 // record, another record of this token, or the marker an operator's Delete
 // left in place of the token's in-flight record (pcall: a key of another
 // type is simply not owned). A completion runs two commands, GETRANGE and
-// SET; the rest only when the token does not own the key.
+// SET; the rest only when the token does not own the key. GETRANGE's range
+// is written as strings ('17' is recordHeadLen-1): Redis 7.0 turns a Lua
+// number argument into a string with snprintf, a tenth of the script's
+// instructions for two numbers.
 var completeScript = redis.NewScript(`
-local head = redis.pcall('GETRANGE', KEYS[1], 0, #ARGV[1] - 1)
+local head = redis.pcall('GETRANGE', KEYS[1], '0', '17')
 if head == ARGV[1] or (head == '' and redis.call('EXISTS', KEYS[1]) == 0) then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   return 1
