@@ -167,6 +167,12 @@ func TestSpec31_KilledBeforeCommit(t *testing.T) {
 	first := crashChild(t, db, crashBeforeCommit)
 	require.Error(t, first.err, "the killed process never answered")
 	assert.Equal(t, 0, db.Count(t, "orders"), "the uncommitted insert is not visible")
+	// Postgres ends the dead process's transaction, and with it the key's
+	// lock, once it sees the connection closed; the tests of this package
+	// run one at a time, so no other advisory lock is held.
+	require.Eventually(t, func() bool {
+		return db.Count(t, "pg_locks WHERE locktype = 'advisory' AND granted") == 0
+	}, 10*time.Second, 10*time.Millisecond, "the killed process's transaction still holds the key's lock")
 
 	var runs atomic.Int32
 	var hadTx atomic.Bool
