@@ -194,6 +194,13 @@ echo "CPU microseconds per request, median of $ROUNDS rounds (wrk -t1 -c16 -d$DU
 printf '%-16s %8s %8s %8s %8s | %8s %8s %8s %8s | %8s %8s %8s %8s\n' "" base base base base newkey newkey newkey newkey added added added added
 printf '%-16s %8s %8s %8s %8s | %8s %8s %8s %8s | %8s %8s %8s %8s\n' service service redis wrk total service redis wrk total service redis wrk total
 for row in "${ROWS[@]}"; do echo "$row"; done
+echo
+echo "Requests per second, medians of the same rounds (interleaved); us+ = 1e6/newkey - 1e6/base, as in bench.sh:"
+printf '%-16s %10s %10s %8s\n' service "base r/s" "newkey r/s" "us+new"
+for name in "${NAMES[@]}"; do
+  b=$(median $(awk '{print $4}' "$WORK/cpu.$name.base")); n=$(median $(awk '{print $4}' "$WORK/cpu.$name.newkey"))
+  awk -v s="$name" -v b="$b" -v n="$n" 'BEGIN{printf "%-16s %10.0f %10.0f %8.1f\n", s, b, n, (b>0&&n>0)?1e6/n-1e6/b:0}'
+done
 for name in "${NAMES[@]}"; do
   echo
   echo "$name: Redis commandstats per new key, each round (command=calls/req@usec_per_call):"
