@@ -203,12 +203,12 @@ func redisBenchStore(b *testing.B, opts ...idem.RedisStoreOption) idem.Store {
 // redisBench is redisBenchStore, with a function that reports the CPU time
 // per request the redis-server used while fn ran, as redis-cpu-ns/op.
 func redisBench(b *testing.B, opts ...idem.RedisStoreOption) (idem.Store, func(fn func())) {
-	return redisBenchWith(b, nil, opts...)
+	return redisBenchWith(b, nil, nil, opts...)
 }
 
 // redisBenchWith is redisBench with client options of the benchmark's own,
 // set by configure over the defaults.
-func redisBenchWith(b *testing.B, configure func(*redis.Options), opts ...idem.RedisStoreOption) (idem.Store, func(fn func())) {
+func redisBenchWith(b *testing.B, configure func(*redis.Options), wrap func(*redis.Client) (redis.UniversalClient, error), opts ...idem.RedisStoreOption) (idem.Store, func(fn func())) {
 	srv := startRedisServer(b)
 	clientOpts := &redis.Options{Addr: srv.addr, ContextTimeoutEnabled: true}
 	if configure != nil {
@@ -216,6 +216,13 @@ func redisBenchWith(b *testing.B, configure func(*redis.Options), opts ...idem.R
 	}
 	client := redis.NewClient(clientOpts)
 	b.Cleanup(func() { client.Close() })
+	var storeClient redis.UniversalClient = client
+	if wrap != nil {
+		var err error
+		if storeClient, err = wrap(client); err != nil {
+			b.Fatal(err)
+		}
+	}
 	info, err := client.Info(context.Background(), "server").Result()
 	if err != nil {
 		b.Fatal(err)
@@ -231,7 +238,7 @@ func redisBenchWith(b *testing.B, configure func(*redis.Options), opts ...idem.R
 		fn()
 		b.ReportMetric(float64(processCPU(b, pid)-before)/float64(b.N), "redis-cpu-ns/op")
 	}
-	return idem.NewRedisStore(client, opts...), measure
+	return idem.NewRedisStore(storeClient, opts...), measure
 }
 
 // processCPU is the CPU time, user and system, that process pid has used
@@ -270,15 +277,19 @@ func BenchmarkNewKeyRedisClient(b *testing.B) {
 	for _, c := range []struct {
 		name      string
 		configure func(*redis.Options)
+		wrap      func(*redis.Client) (redis.UniversalClient, error)
 	}{
-		{"default", nil},
-		{"resp2", func(o *redis.Options) { o.Protocol = 2 }},
-		{"buffers-4KiB", func(o *redis.Options) { o.ReadBufferSize, o.WriteBufferSize = 4096, 4096 }},
-		{"pool-16", func(o *redis.Options) { o.PoolSize = 16 }},
-		{"no-health-check", func(o *redis.Options) { o.Dialer = dialWithoutHealthCheck }},
+		{"default", nil, nil},
+		{"resp2", func(o *redis.Options) { o.Protocol = 2 }, nil},
+		{"buffers-4KiB", func(o *redis.Options) { o.ReadBufferSize, o.WriteBufferSize = 4096, 4096 }, nil},
+		{"pool-16", func(o *redis.Options) { o.PoolSize = 16 }, nil},
+		{"no-health-check", func(o *redis.Options) { o.Dialer = dialWithoutHealthCheck }, nil},
+		// go-redis' autopipelining (experimental in v9.23): concurrent
+		// commands share one write and one read.
+		{"autopipeline", nil, func(c *redis.Client) (redis.UniversalClient, error) { return c.AutoPipeline() }},
 	} {
 		b.Run(c.name, func(b *testing.B) {
-			store, measure := redisBenchWith(b, c.configure)
+			store, measure := redisBenchWith(b, c.configure, c.wrap)
 			newKeysParallel(b, store, measure)
 		})
 	}
