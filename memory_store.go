@@ -95,6 +95,15 @@ func NewMemoryStore(opts ...MemoryStoreOption) *MemoryStore {
 	return s
 }
 
+// Validate reports whether s was made by [NewMemoryStore]; [WithStore]
+// refuses a nil or zero MemoryStore with its error.
+func (s *MemoryStore) Validate() error {
+	if s == nil || s.now == nil {
+		return errors.New("a nil or zero MemoryStore: make it with NewMemoryStore")
+	}
+	return nil
+}
+
 // Len reports how many records the store holds, expired ones included until
 // they are reclaimed.
 func (s *MemoryStore) Len() int {

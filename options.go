@@ -100,15 +100,7 @@ func WithStore(s Store) Option {
 	switch s := s.(type) {
 	case nil:
 		panic("idempotency: WithStore(nil)")
-	case *MemoryStore:
-		if s == nil || s.now == nil {
-			panic("idempotency: WithStore with a nil or zero MemoryStore: make it with NewMemoryStore")
-		}
-	case *RedisStore:
-		if s == nil || s.client == nil {
-			panic("idempotency: WithStore with a nil or zero RedisStore (no client): make it with NewRedisStore")
-		}
-	case interface{ Validate() error }: // a store of another package that can tell, such as pgstore's
+	case interface{ Validate() error }: // every store of this module, and pgstore's
 		if err := s.Validate(); err != nil {
 			panic("idempotency: WithStore with an unusable store: " + err.Error())
 		}

@@ -2,6 +2,7 @@ package idempotency
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -79,6 +80,15 @@ func NewRedisStore(client redis.UniversalClient, opts ...RedisStoreOption) *Redi
 		s.cache = NewMemoryStore(WithMaxEntries(s.cacheEntries), WithMaxBytes(s.cacheBytes), WithClock(s.now))
 	}
 	return s
+}
+
+// Validate reports whether s was made by [NewRedisStore]; [WithStore]
+// refuses a nil or zero RedisStore (no client) with its error.
+func (s *RedisStore) Validate() error {
+	if s == nil || s.client == nil {
+		return errors.New("a nil or zero RedisStore (no client): make it with NewRedisStore")
+	}
+	return nil
 }
 
 // completeScript stores the completed record of a token: over the

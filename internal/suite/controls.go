@@ -283,10 +283,10 @@ func ZeroStoresAreRefused(t *testing.T, h Harness) {
 		store idem.Store
 		panic string
 	}{
-		{&idem.MemoryStore{}, "idempotency: WithStore with a nil or zero MemoryStore: make it with NewMemoryStore"},
-		{(*idem.MemoryStore)(nil), "idempotency: WithStore with a nil or zero MemoryStore: make it with NewMemoryStore"},
-		{&idem.RedisStore{}, "idempotency: WithStore with a nil or zero RedisStore (no client): make it with NewRedisStore"},
-		{(*idem.RedisStore)(nil), "idempotency: WithStore with a nil or zero RedisStore (no client): make it with NewRedisStore"},
+		{&idem.MemoryStore{}, "idempotency: WithStore with an unusable store: a nil or zero MemoryStore: make it with NewMemoryStore"},
+		{(*idem.MemoryStore)(nil), "idempotency: WithStore with an unusable store: a nil or zero MemoryStore: make it with NewMemoryStore"},
+		{&idem.RedisStore{}, "idempotency: WithStore with an unusable store: a nil or zero RedisStore (no client): make it with NewRedisStore"},
+		{(*idem.RedisStore)(nil), "idempotency: WithStore with an unusable store: a nil or zero RedisStore (no client): make it with NewRedisStore"},
 		{nil, "idempotency: WithStore(nil)"},
 	} {
 		assert.PanicsWithValue(t, tc.panic, func() { idem.New(idem.WithStore(tc.store)) })
