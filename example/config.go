@@ -15,10 +15,15 @@ type config struct {
 	Lease       time.Duration // in-flight lease of a key
 	Latency     time.Duration // delay inside every write handler (a slow backend)
 	Idempotency bool          // false serves the routes without the middleware
-	RedisURL    string        // empty: in-memory store
+	RedisURL    string        // the idempotency store (unless PostgresURL) and the consumed stream; empty: in-memory store
 	PostgresURL string        // requisitions and idempotency records in Postgres; empty: in memory
 	Breaker     bool          // false: no circuit breaker around the store
 	Metrics     bool          // serve the middleware's Prometheus metrics on /metrics
+
+	// ConsumeStream names a Redis stream (on RedisURL) whose requisition
+	// events a consumer applies beside the HTTP API; empty: no consumer.
+	// With PostgresURL too, Redis holds only the stream.
+	ConsumeStream string
 
 	// hold, when set, replaces the Latency delay in write handlers. Tests
 	// use it to keep a request in flight for as long as they need.
@@ -44,6 +49,9 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	}
 	if v := getenv("POSTGRES_URL"); v != "" {
 		cfg.PostgresURL = v
+	}
+	if v := getenv("CONSUME_STREAM"); v != "" {
+		cfg.ConsumeStream = v
 	}
 	for _, d := range []struct {
 		env string
@@ -71,16 +79,21 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	fs.BoolVar(&cfg.Idempotency, "idempotency", cfg.Idempotency, "use the idempotency middleware on write routes")
 	fs.BoolVar(&cfg.Breaker, "breaker", cfg.Breaker, "stop calling a failing store for a while (a circuit breaker)")
 	fs.BoolVar(&cfg.Metrics, "metrics", cfg.Metrics, "serve the idempotency middleware's Prometheus metrics on /metrics")
-	fs.StringVar(&cfg.RedisURL, "redis", cfg.RedisURL, "Redis `URL` for the idempotency store, e.g. redis://127.0.0.1:6379/0 (env REDIS_URL); empty: in memory")
+	fs.StringVar(&cfg.RedisURL, "redis", cfg.RedisURL, "Redis `URL` for the idempotency store and the -consume stream, e.g. redis://127.0.0.1:6379/0 (env REDIS_URL); empty: in memory")
 	fs.StringVar(&cfg.PostgresURL, "postgres", cfg.PostgresURL, "Postgres `URL` for the requisitions and the idempotency store (pgstore), e.g. postgres://user:password@127.0.0.1:5432/db (env POSTGRES_URL)")
+	fs.StringVar(&cfg.ConsumeStream, "consume", cfg.ConsumeStream, "apply the requisition events of the Redis `stream` on -redis, exactly once (env CONSUME_STREAM); with -postgres too, Redis holds only the stream")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
 	}
 	switch {
 	case fs.NArg() > 0:
 		return config{}, fmt.Errorf("unexpected arguments: %q", fs.Args())
-	case cfg.RedisURL != "" && cfg.PostgresURL != "":
-		return config{}, errors.New("redis and postgres: choose one store for the idempotency records")
+	case cfg.ConsumeStream != "" && cfg.RedisURL == "":
+		return config{}, errors.New("consume needs -redis: the stream is in Redis")
+	case cfg.ConsumeStream != "" && !cfg.Idempotency:
+		return config{}, errors.New("consume needs the idempotency records: drop -idempotency=false")
+	case cfg.RedisURL != "" && cfg.PostgresURL != "" && cfg.ConsumeStream == "":
+		return config{}, errors.New("redis and postgres: choose one store for the idempotency records (both only with -consume, where Redis holds the stream)")
 	case cfg.TTL <= 0:
 		return config{}, fmt.Errorf("ttl must be positive, got %v", cfg.TTL)
 	case cfg.Lease <= 0:
@@ -102,6 +115,11 @@ func (cfg config) storeName() string {
 	case cfg.RedisURL == "":
 		return "memory"
 	}
+	return cfg.redisName()
+}
+
+// redisName is the Redis URL with its password redacted, for logs.
+func (cfg config) redisName() string {
 	u, err := url.Parse(cfg.RedisURL)
 	if err != nil {
 		return "redis (unparsable URL)"

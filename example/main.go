@@ -8,14 +8,19 @@
 //	go run ./example -metrics              # also serve Prometheus metrics on /metrics
 //	go run ./example -redis redis://127.0.0.1:6379/0
 //	go run ./example -postgres postgres://user:password@127.0.0.1:5432/db
+//	go run ./example -redis redis://127.0.0.1:6379/0 -consume requisition-events
 //
 // With -postgres, the requisitions live in Postgres and so do the
 // idempotency records (pgstore): a requisition and the record of its answer
 // commit in one transaction, and replicas on one database are one service.
 //
+// With -consume, a consumer of a Redis stream applies requisition events
+// beside the API, exactly once per event id (consumer.go); with -postgres
+// too, the stream is in Redis and the records and requisitions in Postgres.
+//
 // Every flag has an environment variable (ADDR, IDEMPOTENCY_TTL,
-// IDEMPOTENCY_LEASE, LATENCY, REDIS_URL, POSTGRES_URL); a flag wins over its
-// variable, and the variable over the default.
+// IDEMPOTENCY_LEASE, LATENCY, REDIS_URL, POSTGRES_URL, CONSUME_STREAM); a
+// flag wins over its variable, and the variable over the default.
 package main
 
 import (
@@ -67,8 +72,8 @@ func main() {
 }
 
 // run opens the store and the requisitions (in memory, or in Postgres with
-// -postgres), serves the API on cfg.Addr until ctx is done, and then shuts
-// down gracefully.
+// -postgres), serves the API on cfg.Addr and, with -consume, consumes the
+// stream, until ctx is done, and then shuts both down gracefully.
 func run(ctx context.Context, cfg config) error {
 	var store idempotency.Store
 	var reqs repository = newRequisitions()
@@ -92,6 +97,12 @@ func run(ctx context.Context, cfg config) error {
 	if err != nil {
 		return err
 	}
+	stopConsumer, err := startConsumer(ctx, cfg, store, reqs)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	defer stopConsumer()
 	slog.Info("example listening", "addr", ln.Addr().String(), "store", cfg.storeName(),
 		"ttl", cfg.TTL, "lease", cfg.Lease, "latency", cfg.Latency)
 	// Handlers may sleep for the latency: give them that long, and more, to finish.

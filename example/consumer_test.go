@@ -1,0 +1,310 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/ginidem/idempotency"
+	"github.com/ginidem/idempotency/internal/pgtest"
+	"github.com/ginidem/idempotency/internal/redistest"
+)
+
+// The consumer's set-ups, as the service runs them: the stream is in Redis
+// in both.
+const (
+	// onRedis: -redis -consume. The records are in Redis and the
+	// requisitions in each process's memory; a consumer's effect is also
+	// counted in Redis (countedRequisitions), where the tests read it and
+	// where it outlives a killed process.
+	onRedis = "redis"
+	// onPostgres: -redis -postgres -consume. The records and the
+	// requisitions are in Postgres; the tests count the rows.
+	onPostgres = "postgres"
+)
+
+// consumerLease is the lease of the tests' Runners: a dead consumer's key
+// is free, and its entries are reclaimed (minIdle), one lease later.
+const consumerLease = time.Second
+
+// consumerRig is one test's stream, on a redis-server of its own, and the
+// records and requisitions of one set-up. Each consumer it makes has
+// clients, a store and requisitions of its own, as a process would.
+type consumerRig struct {
+	t      *testing.T
+	setup  string        // onRedis or onPostgres
+	addr   string        // the redis-server
+	redis  *redis.Client // the test's own client
+	stream string
+	db     *pgtest.DB // onPostgres
+	dsn    string     // onPostgres: db.DSN, for the consumers and the crash helper
+}
+
+// newConsumerRig starts a redis-server and, on Postgres, a schema of its
+// own for the test. It skips when either server is not installed.
+func newConsumerRig(t *testing.T, setup string) *consumerRig {
+	t.Helper()
+	srv := redistest.StartServer(t)
+	rig := &consumerRig{t: t, setup: setup, addr: srv.Addr, redis: redistest.NewClient(t, srv.Addr), stream: "requisition-events"}
+	if setup == onPostgres {
+		rig.db = pgtest.NewDB(t)
+		rig.dsn = rig.db.DSN
+	}
+	return rig
+}
+
+// newConsumer returns a consumer named name, with the tests' lease and a
+// short block, so that it reclaims and stops quickly; opts are added to
+// its Runner's.
+func (rig *consumerRig) newConsumer(name string, opts ...idempotency.Option) *streamConsumer {
+	t := rig.t
+	t.Helper()
+	client := redistest.NewClient(t, rig.addr)
+	var store idempotency.Store
+	var reqs requisitionCreator
+	switch rig.setup {
+	case onRedis:
+		store = idempotency.NewRedisStore(client)
+		reqs = &countedRequisitions{requisitions: newRequisitions(), client: client}
+	case onPostgres:
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		pg, err := openPostgres(ctx, rig.dsn, true)
+		require.NoError(t, err)
+		t.Cleanup(pg.close)
+		store, reqs = pg.store, pg.reqs
+	default:
+		t.Fatalf("unknown set-up %q", rig.setup)
+	}
+	opts = append([]idempotency.Option{idempotency.WithLease(consumerLease), idempotency.WithTTL(time.Hour)}, opts...)
+	c := newStreamConsumer(client, rig.stream, name, newConsumerRunner(store, opts...), reqs, consumerLease)
+	c.block = 100 * time.Millisecond
+	return c
+}
+
+// start runs c until the test ends.
+func (rig *consumerRig) start(c *streamConsumer) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.run(ctx)
+	}()
+	rig.t.Cleanup(func() { cancel(); <-done })
+}
+
+// facilityOf is the facility of the requisition that event id creates:
+// each event's effect is told apart by it.
+func facilityOf(id string) string { return "facility of " + id }
+
+// add adds an entry with fields to the stream, as a producer would.
+func (rig *consumerRig) add(fields ...string) {
+	rig.t.Helper()
+	err := rig.redis.XAdd(context.Background(), &redis.XAddArgs{Stream: rig.stream, Values: fields}).Err()
+	require.NoError(rig.t, err)
+}
+
+// addEvent adds the event id: create a requisition at facilityOf(id).
+func (rig *consumerRig) addEvent(id string) {
+	rig.add(fieldEventID, id, fieldType, eventCreate, fieldProgram, "Family Planning", fieldFacility, facilityOf(id))
+}
+
+// effects returns how many requisitions were created at facility, by
+// every consumer, living or dead.
+func (rig *consumerRig) effects(facility string) int {
+	rig.t.Helper()
+	if rig.setup == onPostgres {
+		return rig.db.Count(rig.t, fmt.Sprintf("requisitions WHERE facility = '%s'", facility))
+	}
+	n, err := rig.redis.HGet(context.Background(), effectsKey, facility).Int()
+	if err == redis.Nil {
+		return 0
+	}
+	require.NoError(rig.t, err)
+	return n
+}
+
+// group returns the state of the consumers' group; found is false before
+// a consumer created it. It may run outside the test's goroutine.
+func (rig *consumerRig) group() (g redis.XInfoGroup, found bool, err error) {
+	groups, err := rig.redis.XInfoGroups(context.Background(), rig.stream).Result()
+	for _, g := range groups {
+		if g.Name == consumerGroup {
+			return g, true, nil
+		}
+	}
+	return redis.XInfoGroup{}, false, err
+}
+
+// pending returns how many entries are pending in the group: delivered to
+// a consumer, and not acknowledged.
+func (rig *consumerRig) pending() int64 {
+	rig.t.Helper()
+	g, found, err := rig.group()
+	require.NoError(rig.t, err)
+	require.True(rig.t, found, "no group %q on %s", consumerGroup, rig.stream)
+	return g.Pending
+}
+
+// waitConsumed waits until every entry of the stream was delivered to the
+// group and acknowledged: nothing left to read (lag 0), nothing pending.
+func (rig *consumerRig) waitConsumed() {
+	rig.t.Helper()
+	require.Eventually(rig.t, func() bool {
+		g, found, err := rig.group()
+		return err == nil && found && g.Lag == 0 && g.Pending == 0
+	}, 30*time.Second, 20*time.Millisecond, "the stream was not consumed")
+}
+
+// effectsKey is the Redis hash where countedRequisitions counts the
+// requisitions created per facility.
+const effectsKey = "effects"
+
+// countedRequisitions is the in-memory requisitions of -redis, with each
+// creation also counted in Redis (HINCRBY): the tests count the effects of
+// processes they kill, whose memory dies with them.
+type countedRequisitions struct {
+	*requisitions
+	client *redis.Client
+}
+
+func (s *countedRequisitions) createInCall(ctx context.Context, tx idempotency.Tx, program, facility string) (requisition, error) {
+	r, err := s.requisitions.createInCall(ctx, tx, program, facility)
+	if err != nil {
+		return r, err
+	}
+	return r, s.client.HIncrBy(ctx, effectsKey, facility, 1).Err()
+}
+
+// eventCounter counts the Runner's events of each kind, through
+// idempotency.WithEventHook.
+type eventCounter [idempotency.EventBreakerClosed + 1]atomic.Int32
+
+func (c *eventCounter) hook() idempotency.Option {
+	return idempotency.WithEventHook(func(_ context.Context, e idempotency.Event) { c[e.Kind].Add(1) })
+}
+
+func (c *eventCounter) count(kind idempotency.EventKind) int { return int(c[kind].Load()) }
+
+// forEachSetup runs test on each set-up, as a subtest.
+func forEachSetup(t *testing.T, test func(t *testing.T, rig *consumerRig)) {
+	for _, setup := range []string{onRedis, onPostgres} {
+		t.Run(setup, func(t *testing.T) { test(t, newConsumerRig(t, setup)) })
+	}
+}
+
+// TestSpec17_ConsumerAppliesAnEventAddedTwiceOnce: a producer that adds
+// one event twice (two entries with one event id, the same fields in
+// another order) gets one requisition; the second entry is replayed and
+// acknowledged like the first.
+func TestSpec17_ConsumerAppliesAnEventAddedTwiceOnce(t *testing.T) {
+	forEachSetup(t, func(t *testing.T, rig *consumerRig) {
+		rig.addEvent("evt-1")
+		rig.add(fieldFacility, facilityOf("evt-1"), fieldProgram, "Family Planning", fieldType, eventCreate, fieldEventID, "evt-1")
+		rig.addEvent("evt-2")
+		var events eventCounter
+		rig.start(rig.newConsumer("only", events.hook()))
+		rig.waitConsumed()
+		assert.Equal(t, 1, rig.effects(facilityOf("evt-1")), "one requisition for the event added twice")
+		assert.Equal(t, 1, rig.effects(facilityOf("evt-2")))
+		assert.Equal(t, 2, events.count(idempotency.EventAcquired))
+		assert.Equal(t, 1, events.count(idempotency.EventReplayed), "the second entry of evt-1 was replayed")
+	})
+}
+
+// TestSpec17_ConsumerReclaimsAnAppliedEntryAndReplaysIt: a consumer
+// applies an entry and stops before its XACK (it hangs, or its XACK is
+// lost). Another consumer reclaims the entry with XAUTOCLAIM once it has
+// been pending for a lease, gets the recorded result, and acknowledges it:
+// one requisition.
+func TestSpec17_ConsumerReclaimsAnAppliedEntryAndReplaysIt(t *testing.T) {
+	forEachSetup(t, func(t *testing.T, rig *consumerRig) {
+		ctx := context.Background()
+		rig.addEvent("evt-1")
+		stalled := rig.newConsumer("stalled")
+		require.NoError(t, stalled.join(ctx))
+		read, err := rig.redis.XReadGroup(ctx, &redis.XReadGroupArgs{
+			Group: consumerGroup, Consumer: stalled.name, Streams: []string{rig.stream, ">"}, Count: 10, Block: -1,
+		}).Result()
+		require.NoError(t, err)
+		require.Len(t, read[0].Messages, 1)
+		assert.Equal(t, outcomeApplied, stalled.handle(ctx, read[0].Messages[0]), "applied, and not acknowledged")
+		require.Equal(t, 1, rig.effects(facilityOf("evt-1")))
+		require.EqualValues(t, 1, rig.pending())
+
+		var events eventCounter
+		rig.start(rig.newConsumer("survivor", events.hook()))
+		rig.waitConsumed()
+		assert.Equal(t, 1, rig.effects(facilityOf("evt-1")), "the reclaimed entry created nothing")
+		assert.Equal(t, 1, events.count(idempotency.EventReplayed), "the survivor got the recorded result")
+		assert.Zero(t, events.count(idempotency.EventAcquired), "the survivor never ran the function")
+	})
+}
+
+// TestSpec16_ConsumerAcknowledgesPoisonedEntries: entries that can never be
+// applied are acknowledged without an effect, so that they do not come
+// back forever: an event id reused with other fields (a mismatch), an
+// entry without an event id, and an event of an unknown type (refused,
+// and refused again without running when it comes again).
+func TestSpec16_ConsumerAcknowledgesPoisonedEntries(t *testing.T) {
+	forEachSetup(t, func(t *testing.T, rig *consumerRig) {
+		rig.addEvent("evt-1")
+		rig.add(fieldEventID, "evt-1", fieldType, eventCreate, fieldProgram, "Family Planning", fieldFacility, "elsewhere")
+		rig.add(fieldType, eventCreate, fieldProgram, "Family Planning", fieldFacility, "nowhere")
+		for range 2 {
+			rig.add(fieldEventID, "evt-2", fieldType, "delete", fieldProgram, "Family Planning", fieldFacility, facilityOf("evt-2"))
+		}
+		var events eventCounter
+		c := rig.newConsumer("only", events.hook())
+		rig.start(c)
+		rig.waitConsumed()
+		assert.Equal(t, 1, rig.effects(facilityOf("evt-1")))
+		assert.Zero(t, rig.effects("elsewhere"), "the mismatched entry created nothing")
+		assert.Zero(t, rig.effects("nowhere"), "the entry without an event id created nothing")
+		assert.Zero(t, rig.effects(facilityOf("evt-2")), "the refused event created nothing")
+		assert.Equal(t, 1, events.count(idempotency.EventMismatch))
+		assert.Equal(t, 2, events.count(idempotency.EventAcquired), "evt-1, and evt-2 once")
+		assert.Equal(t, 1, events.count(idempotency.EventReplayed), "the refusal of evt-2, replayed")
+	})
+}
+
+// TestSpec10_TwoConsumersApplyEachEventOnce: two consumers of one group
+// run concurrently over many events, each added twice, the copy a few
+// entries later, so that the two copies of an event often reach the two
+// consumers at once. One of them runs it; the other gets the result, or
+// finds it in flight, leaves the entry pending and reclaims it later.
+// Every event has exactly one effect.
+func TestSpec10_TwoConsumersApplyEachEventOnce(t *testing.T) {
+	forEachSetup(t, func(t *testing.T, rig *consumerRig) {
+		const events, stride = 48, 4
+		for first := 0; first < events; first += stride {
+			for range 2 { // each stride of events, then their copies
+				for i := first; i < first+stride; i++ {
+					rig.addEvent(fmt.Sprintf("evt-%d", i))
+				}
+			}
+		}
+		var countA, countB eventCounter
+		a, b := rig.newConsumer("a", countA.hook()), rig.newConsumer("b", countB.hook())
+		a.batch, b.batch = stride, stride
+		rig.start(a)
+		rig.start(b)
+		rig.waitConsumed()
+		for i := range events {
+			assert.Equal(t, 1, rig.effects(facilityOf(fmt.Sprintf("evt-%d", i))), "evt-%d", i)
+		}
+		ran := countA.count(idempotency.EventAcquired) + countB.count(idempotency.EventAcquired)
+		assert.Equal(t, events, ran, "each event ran once")
+		assert.Positive(t, countA.count(idempotency.EventAcquired)+countA.count(idempotency.EventReplayed), "a took part")
+		assert.Positive(t, countB.count(idempotency.EventAcquired)+countB.count(idempotency.EventReplayed), "b took part")
+		t.Logf("a ran %d, replayed %d, in flight %d; b ran %d, replayed %d, in flight %d",
+			countA.count(idempotency.EventAcquired), countA.count(idempotency.EventReplayed), countA.count(idempotency.EventConflict),
+			countB.count(idempotency.EventAcquired), countB.count(idempotency.EventReplayed), countB.count(idempotency.EventConflict))
+	})
+}
