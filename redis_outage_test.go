@@ -123,6 +123,43 @@ func newOutageService(t *testing.T, store idem.Store, runs *atomic.Int32, gate <
 	return s
 }
 
+// outage is a test of an outage in the middle of a request: two processes
+// a and b on one Redis with an AOF, a's handler waiting for the test.
+type outage struct {
+	srv  *aofRedis
+	runs atomic.Int32
+	gate chan struct{}
+	ev   *suite.Events
+	a, b *outageService
+	hc   *http.Client
+	down time.Time // when Redis stopped
+}
+
+// newOutage starts Redis and the two processes, with a store timeout of
+// 200 ms and lease; b's store gets bOpts.
+func newOutage(t *testing.T, lease time.Duration, bOpts ...idem.RedisStoreOption) *outage {
+	t.Helper()
+	o := &outage{srv: startAOFRedis(t), gate: make(chan struct{}), ev: suite.NewEvents(), hc: newHTTPClient(t)}
+	opts := []idem.Option{idem.WithStoreTimeout(200 * time.Millisecond), idem.WithLease(lease)}
+	o.a = newOutageService(t, idem.NewRedisStore(newRedisClient(t, o.srv.addr)), &o.runs, o.gate,
+		append(opts, idem.WithEventHook(o.ev.Hook))...)
+	o.b = newOutageService(t, idem.NewRedisStore(newRedisClient(t, o.srv.addr), bOpts...), &o.runs, nil, opts...)
+	return o
+}
+
+// stopDuringFirst sends the first request to a, stops Redis once it holds
+// the key, lets its handler answer, and returns the answer it got.
+func (o *outage) stopDuringFirst(t *testing.T) redisResp {
+	t.Helper()
+	first := make(chan redisResp, 1)
+	go func() { first <- postOrder(o.hc, o.a.srv, redisHTTPKey) }()
+	o.ev.WaitFor(t, idem.EventAcquired)
+	o.srv.Stop()
+	o.down = time.Now()
+	close(o.gate)
+	return recvRedis(t, first)
+}
+
 // outlast waits until the outage that began at down has lasted longer
 // than lease: the in-flight record, renewed at the latest when Redis
 // stopped, has then expired. This sets the outage's length, the condition
@@ -137,35 +174,21 @@ func outlast(down time.Time, lease time.Duration) {
 // retried as soon as Redis answers, so the key is free within seconds for
 // every process, instead of 409 for the rest of the lease.
 func TestSpec22_ReleaseFailedDuringAnOutageIsRetried(t *testing.T) {
-	srv := startAOFRedis(t)
-	var runs atomic.Int32
-	gate := make(chan struct{})
-	ev := suite.NewEvents()
-	opts := []idem.Option{idem.WithStoreTimeout(200 * time.Millisecond), idem.WithLease(30 * time.Second)}
-	a := newOutageService(t, idem.NewRedisStore(newRedisClient(t, srv.addr)), &runs, gate,
-		append(opts, idem.WithEventHook(ev.Hook))...)
-	b := newOutageService(t, idem.NewRedisStore(newRedisClient(t, srv.addr)), &runs, nil, opts...)
-	a.status.Store(http.StatusInternalServerError)
-	hc := newHTTPClient(t)
+	o := newOutage(t, 30*time.Second)
+	o.a.status.Store(http.StatusInternalServerError)
+	assert.Equal(t, http.StatusInternalServerError, o.stopDuringFirst(t).status)
+	o.ev.WaitFor(t, idem.EventStoreError) // the release failed
+	require.NoError(t, o.srv.Start())
 
-	first := make(chan redisResp, 1)
-	go func() { first <- postOrder(hc, a.srv, redisHTTPKey) }()
-	ev.WaitFor(t, idem.EventAcquired)
-	srv.Stop()
-	close(gate)
-	assert.Equal(t, http.StatusInternalServerError, recvRedis(t, first).status)
-	ev.WaitFor(t, idem.EventStoreError) // the release failed
-	require.NoError(t, srv.Start())
-
-	admin := newRedisClient(t, srv.addr)
+	admin := newRedisClient(t, o.srv.addr)
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		n, err := admin.Exists(storeCtx(t), "idem:{"+eventKey(t, redisHTTPKey)+"}").Result()
 		assert.NoError(c, err)
 		assert.Zero(c, n, "the in-flight record is released")
 	}, 5*time.Second, 20*time.Millisecond, "the failed release is retried once Redis answers, not left for the 30 s lease")
-	retry := postOrder(hc, b.srv, redisHTTPKey)
+	retry := postOrder(o.hc, o.b.srv, redisHTTPKey)
 	assert.Equal(t, http.StatusCreated, retry.status, "another process's retry runs")
-	assert.Equal(t, int32(2), runs.Load())
+	assert.Equal(t, int32(2), o.runs.Load())
 }
 
 // TestSpec22_RetryTakesOverAPendingRelease: a retry on the process whose
@@ -205,35 +228,20 @@ func TestSpec22_RetryTakesOverAPendingRelease(t *testing.T) {
 // retry gets the replay, and the handler ran once.
 func TestSpec23_CompletionLandsAfterAnOutageLongerThanTheLease(t *testing.T) {
 	const lease = time.Second
-	srv := startAOFRedis(t)
-	var runs atomic.Int32
-	gate := make(chan struct{})
-	ev := suite.NewEvents()
-	opts := []idem.Option{idem.WithStoreTimeout(200 * time.Millisecond), idem.WithLease(lease)}
-	a := newOutageService(t, idem.NewRedisStore(newRedisClient(t, srv.addr)), &runs, gate,
-		append(opts, idem.WithEventHook(ev.Hook))...)
-	b := newOutageService(t, idem.NewRedisStore(newRedisClient(t, srv.addr)), &runs, nil, opts...)
-	hc := newHTTPClient(t)
-
-	first := make(chan redisResp, 1)
-	go func() { first <- postOrder(hc, a.srv, redisHTTPKey) }()
-	ev.WaitFor(t, idem.EventAcquired)
-	srv.Stop()
-	down := time.Now()
-	close(gate)
-	answer := recvRedis(t, first)
+	o := newOutage(t, lease)
+	answer := o.stopDuringFirst(t)
 	require.Equal(t, http.StatusCreated, answer.status, "the first client gets its answer")
-	ev.WaitFor(t, idem.EventStoreError) // the first completion attempt failed
-	outlast(down, lease)
-	require.NoError(t, srv.Start())
+	o.ev.WaitFor(t, idem.EventStoreError) // the first completion attempt failed
+	outlast(o.down, lease)
+	require.NoError(t, o.srv.Start())
 
-	ev.WaitFor(t, idem.EventCompleted)
-	assert.NotContains(t, ev.Kinds(), idem.EventLostLease)
-	retry := postOrder(hc, b.srv, redisHTTPKey)
+	o.ev.WaitFor(t, idem.EventCompleted)
+	assert.NotContains(t, o.ev.Kinds(), idem.EventLostLease)
+	retry := postOrder(o.hc, o.b.srv, redisHTTPKey)
 	assert.Equal(t, http.StatusCreated, retry.status)
 	assert.True(t, retry.replayed(), "the retry gets the replay, marked Idempotent-Replayed")
 	assert.Equal(t, answer.body, retry.body)
-	assert.Equal(t, int32(1), runs.Load(), "the handler ran once")
+	assert.Equal(t, int32(1), o.runs.Load(), "the handler ran once")
 }
 
 // TestSpec23_RetryWhileTheCompletionIsPendingGetsItsAnswer: while Redis is
@@ -242,41 +250,26 @@ func TestSpec23_CompletionLandsAfterAnOutageLongerThanTheLease(t *testing.T) {
 // run; once Redis is back, the completion lands.
 func TestSpec23_RetryWhileTheCompletionIsPendingGetsItsAnswer(t *testing.T) {
 	const lease = time.Second
-	srv := startAOFRedis(t)
-	var runs atomic.Int32
-	gate := make(chan struct{})
-	ev := suite.NewEvents()
-	opts := []idem.Option{idem.WithStoreTimeout(200 * time.Millisecond), idem.WithLease(lease)}
-	a := newOutageService(t, idem.NewRedisStore(newRedisClient(t, srv.addr)), &runs, gate,
-		append(opts, idem.WithEventHook(ev.Hook))...)
-	b := newOutageService(t, idem.NewRedisStore(newRedisClient(t, srv.addr), idem.WithRedisLocalCache(0, 0)), &runs, nil, opts...)
-	hc := newHTTPClient(t)
-
-	first := make(chan redisResp, 1)
-	go func() { first <- postOrder(hc, a.srv, redisHTTPKey) }()
-	ev.WaitFor(t, idem.EventAcquired)
-	srv.Stop()
-	down := time.Now()
-	close(gate)
-	answer := recvRedis(t, first)
+	o := newOutage(t, lease, idem.WithRedisLocalCache(0, 0))
+	answer := o.stopDuringFirst(t)
 	require.Equal(t, http.StatusCreated, answer.status)
-	ev.WaitFor(t, idem.EventStoreError)
+	o.ev.WaitFor(t, idem.EventStoreError)
 
-	pending := postOrder(hc, a.srv, redisHTTPKey)
+	pending := postOrder(o.hc, o.a.srv, redisHTTPKey)
 	assert.Equal(t, http.StatusCreated, pending.status, "the pending answer, not 503: %s", pending.body)
 	assert.True(t, pending.replayed())
 	assert.Equal(t, answer.body, pending.body)
-	outlast(down, lease)
-	late := postOrder(hc, a.srv, redisHTTPKey)
+	outlast(o.down, lease)
+	late := postOrder(o.hc, o.a.srv, redisHTTPKey)
 	assert.True(t, late.replayed(), "still the pending answer after the lease: %d %s", late.status, late.body)
 	assert.Equal(t, answer.body, late.body)
 
-	require.NoError(t, srv.Start())
-	ev.WaitFor(t, idem.EventCompleted)
-	elsewhere := postOrder(hc, b.srv, redisHTTPKey)
+	require.NoError(t, o.srv.Start())
+	o.ev.WaitFor(t, idem.EventCompleted)
+	elsewhere := postOrder(o.hc, o.b.srv, redisHTTPKey)
 	assert.True(t, elsewhere.replayed(), "the completion landed in Redis")
 	assert.Equal(t, answer.body, elsewhere.body)
-	assert.Equal(t, int32(1), runs.Load(), "the handler ran once")
+	assert.Equal(t, int32(1), o.runs.Load(), "the handler ran once")
 }
 
 // TestSpec23_RedisCompletionLandsWhenTheKeyHoldsNothing: the complete
