@@ -33,3 +33,32 @@ func ExampleRunner_Do() {
 	// message 8: payment 2 replayed=false
 	// payments: 2
 }
+
+// A job that reserves stock returns a value: DoValue keeps it as JSON and
+// gives the same reservation, decoded, to the job's second start.
+func ExampleDoValue() {
+	type reservation struct {
+		ID    string
+		Items int
+	}
+	runner := idem.NewRunner()
+	reserved := 0
+	reserve := func(ctx context.Context, _ idem.Tx) (reservation, error) {
+		reserved++
+		return reservation{ID: fmt.Sprintf("r-%d", reserved), Items: 3}, nil
+	}
+	call := idem.Call{Scope: "jobs", Key: "nightly-2026-12-06", Payload: []byte("reserve 3")}
+	for range 2 {
+		r, replayed, err := idem.DoValue(context.Background(), runner, call, idem.JSON, reserve)
+		if err != nil {
+			fmt.Println("error:", err)
+			continue
+		}
+		fmt.Printf("%+v replayed=%v\n", r, replayed)
+	}
+	fmt.Println("reserved:", reserved)
+	// Output:
+	// {ID:r-1 Items:3} replayed=false
+	// {ID:r-1 Items:3} replayed=true
+	// reserved: 1
+}

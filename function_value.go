@@ -1,0 +1,75 @@
+package idempotency
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+)
+
+// A Codec turns a function's result into the bytes a [Runner] keeps, and
+// those bytes back into a value, for [DoValue]. [JSON] is one; a Codec of
+// protobuf, gob or msgpack is a few lines.
+type Codec interface {
+	Marshal(v any) ([]byte, error)
+	Unmarshal(data []byte, v any) error
+}
+
+// JSON is the [Codec] of encoding/json.
+var JSON Codec = jsonCodec{}
+
+type jsonCodec struct{}
+
+func (jsonCodec) Marshal(v any) ([]byte, error)      { return json.Marshal(v) }
+func (jsonCodec) Unmarshal(data []byte, v any) error { return json.Unmarshal(data, v) }
+
+// ErrOmitted is returned by [DoValue] to a later call whose recorded
+// result was larger than the cap ([WithMaxResponseBytes]) and was not
+// kept: the function ran once, but its value cannot be given again.
+var ErrOmitted = errors.New("idempotency: the recorded result was larger than the cap and was not kept")
+
+// DoValue is [Runner.Do] for a function whose result is a value: fn's
+// value is kept through codec, and a later call with the key gets it back
+// decoded, with replayed true. The errors are those of Do, and:
+//   - a value codec cannot encode is an error from fn (the key is released
+//     and, on Postgres, its writes roll back), wrapped with what failed;
+//   - a recorded result codec cannot decode is an error wrapping codec's;
+//   - a recorded result over the cap is [ErrOmitted].
+//
+// DoValue is a function, not a method, because Go methods cannot take
+// type parameters.
+//
+//	order, replayed, err := idempotency.DoValue(ctx, runner, call, idempotency.JSON,
+//		func(ctx context.Context, tx idempotency.Tx) (Order, error) { return place(ctx, msg) })
+func DoValue[T any](ctx context.Context, r *Runner, call Call, codec Codec, fn func(ctx context.Context, tx Tx) (T, error)) (value T, replayed bool, err error) {
+	if codec == nil {
+		panic("idempotency: DoValue with a nil Codec")
+	}
+	ran := false
+	res, err := r.Do(ctx, call, func(ctx context.Context, tx Tx) ([]byte, error) {
+		v, err := fn(ctx, tx)
+		if err != nil {
+			return nil, err
+		}
+		b, err := codec.Marshal(v)
+		if err != nil {
+			return nil, fmt.Errorf("idempotency: encoding the call's result: %w", err)
+		}
+		value, ran = v, true
+		return b, nil
+	})
+	switch {
+	case err != nil:
+		var zero T
+		return zero, false, err
+	case ran: // run now: the value itself, kept or not
+		return value, false, nil
+	case res.Omitted:
+		return value, true, ErrOmitted
+	}
+	if err := codec.Unmarshal(res.Value, &value); err != nil {
+		var zero T
+		return zero, true, fmt.Errorf("idempotency: decoding the recorded result: %w", err)
+	}
+	return value, true, nil
+}
