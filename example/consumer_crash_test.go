@@ -29,6 +29,13 @@ const (
 // crashEvent is the event the child applies.
 const crashEvent = "evt-crash"
 
+// crashChildLease is the lease of the child's key: longer than the
+// survivor's reclaim (minIdle, one consumerLease), so that the survivor
+// first finds the dead consumer's key still in flight, as it does when a
+// consumer renewed its lease just before it died, and must leave the entry
+// pending and reclaim it again.
+const crashChildLease = 3 * consumerLease
+
 // TestSpec31_ConsumerCrashHelper is the child process of the crash tests:
 // a consumer of the parent's stream, whose pause at the point its
 // environment names prints the point on stdout and blocks until the parent
@@ -40,7 +47,7 @@ func TestSpec31_ConsumerCrashHelper(t *testing.T) {
 	}
 	rig := &consumerRig{t: t, setup: os.Getenv(crashChildSetupEnv), addr: os.Getenv(crashChildRedisEnv),
 		stream: os.Getenv(crashChildStreamEnv), dsn: os.Getenv(crashChildDSNEnv)}
-	c := rig.newConsumer("doomed")
+	c := rig.newConsumer("doomed", idempotency.WithLease(crashChildLease))
 	c.pause = func(at string) {
 		if at == point {
 			os.Stdout.WriteString(at + "\n")
@@ -85,7 +92,9 @@ func (rig *consumerRig) killConsumerAt(point string) {
 }
 
 // crashCase is one kill point, with the effects it leaves once the child
-// is dead and once the survivor has consumed the stream.
+// is dead and once the survivor has consumed the stream. When the survivor
+// runs the event, it runs it once the dead consumer's lease is over,
+// after finding it in flight.
 type crashCase struct {
 	point             string
 	leftByTheChild    int
@@ -109,6 +118,7 @@ func testConsumerKilled(t *testing.T, setup string, cases []crashCase) {
 			rig.waitConsumed()
 			assert.Equal(t, tc.afterTheSurvivor, rig.effects(facilityOf(crashEvent)), "effects in all")
 			if tc.survivorRanItOnce {
+				assert.Positive(t, events.count(idempotency.EventConflict), "the survivor found the key in flight first")
 				assert.Equal(t, 1, events.count(idempotency.EventAcquired), "the survivor ran the function")
 			} else {
 				assert.Equal(t, 1, events.count(idempotency.EventReplayed), "the survivor got the recorded result")
