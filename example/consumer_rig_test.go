@@ -15,10 +15,6 @@ import (
 	"github.com/ginidem/idempotency/internal/redistest"
 )
 
-// The consumer's tests run on a consumerRig: a stream on a redis-server of
-// their own, and the records and requisitions of one of the service's
-// set-ups, with helpers to add events and count their effects.
-
 // The consumer's set-ups, as the service runs them: the stream is in Redis
 // in both.
 const (
@@ -194,6 +190,12 @@ func (c *eventCounter) hook() idempotency.Option {
 }
 
 func (c *eventCounter) count(kind idempotency.EventKind) int { return int(c[kind].Load()) }
+
+// handled returns how many calls the Runner answered: run, replayed, or
+// found in flight.
+func (c *eventCounter) handled() int {
+	return c.count(idempotency.EventAcquired) + c.count(idempotency.EventReplayed) + c.count(idempotency.EventConflict)
+}
 
 // forEachSetup runs test on each set-up, as a subtest.
 func forEachSetup(t *testing.T, test func(t *testing.T, rig *consumerRig)) {
