@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/google/uuid"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ginidem/idempotency"
@@ -116,11 +115,5 @@ func (s *pgRequisitions) createInCall(ctx context.Context, tx idempotency.Tx, pr
 	if t := pgstore.TxOf(tx); t != nil {
 		q = t
 	}
-	r := requisition{ID: uuid.NewString(), Program: program, Facility: facility, Status: statusInitiated}
-	_, err := q.Exec(ctx, "INSERT INTO requisitions (id, program, facility, status) VALUES ($1, $2, $3, $4)",
-		r.ID, r.Program, r.Facility, string(r.Status))
-	if err != nil {
-		return requisition{}, fmt.Errorf("create: %w", err)
-	}
-	return r, nil
+	return insertRequisition(ctx, q, program, facility)
 }

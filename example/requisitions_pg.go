@@ -68,9 +68,14 @@ func (s *pgRequisitions) db(c *gin.Context) querier {
 }
 
 func (s *pgRequisitions) create(c *gin.Context, program, facility string) (requisition, error) {
+	return insertRequisition(c.Request.Context(), s.db(c), program, facility)
+}
+
+// insertRequisition stores a new INITIATED requisition through q and
+// returns it.
+func insertRequisition(ctx context.Context, q querier, program, facility string) (requisition, error) {
 	r := requisition{ID: uuid.NewString(), Program: program, Facility: facility, Status: statusInitiated}
-	_, err := s.db(c).Exec(c.Request.Context(),
-		"INSERT INTO requisitions (id, program, facility, status) VALUES ($1, $2, $3, $4)",
+	_, err := q.Exec(ctx, "INSERT INTO requisitions (id, program, facility, status) VALUES ($1, $2, $3, $4)",
 		r.ID, r.Program, r.Facility, string(r.Status))
 	if err != nil {
 		return requisition{}, fmt.Errorf("create: %w", err)
