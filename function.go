@@ -62,6 +62,9 @@ var (
 	// still running (on this process or another): retry later, as the
 	// 409 of a duplicate request says. [WithWaitInFlight] waits instead.
 	ErrInFlight = errors.New("idempotency: a call with this key is still running; retry later")
+	// ErrNoKey is returned by [Runner.Do] for a call without a key: calls
+	// without one would all share one record.
+	ErrNoKey = errors.New("idempotency: a call needs a key")
 	// ErrMismatch is returned by [Runner.Do] when the key was used with
 	// another payload.
 	ErrMismatch = errors.New("idempotency: the key was used with another payload")
@@ -100,6 +103,9 @@ const (
 // whose key is held by a running call gets [ErrInFlight]; one with another
 // payload [ErrMismatch]; a store failure an error wrapping the store's.
 func (r *Runner) Do(ctx context.Context, call Call, fn func(ctx context.Context, tx Tx) ([]byte, error)) (Result, error) {
+	if call.Key == "" {
+		return Result{}, ErrNoKey
+	}
 	m := r.m
 	f := &flight{route: "call", claim: Record{Method: "CALL"}}
 	sum := sha256.Sum256(call.Payload)

@@ -59,9 +59,9 @@ func DoValue[T any](ctx context.Context, r *Runner, call Call, codec Codec, fn f
 		return b, nil
 	})
 	switch {
-	case err != nil:
+	case err != nil: // replayed for an error kept by WithKeepError
 		var zero T
-		return zero, false, err
+		return zero, res.Replayed, err
 	case ran: // run now: the value itself, kept or not
 		return value, false, nil
 	case res.Omitted:

@@ -99,3 +99,34 @@ func TestSpec34_DoValueNilCodecPanics(t *testing.T) {
 			func(context.Context, idem.Tx) (int, error) { return 0, nil })
 	})
 }
+
+// TestSpec12_DoValueReplaysAKeptError: an error WithKeepError keeps is
+// returned to the first call, and to a later one as a RecordedError, with
+// replayed true; the function runs once.
+func TestSpec12_DoValueReplaysAKeptError(t *testing.T) {
+	refused := errors.New("refused: no such facility")
+	runner := idem.NewRunner(idem.WithKeepError(func(err error) bool { return errors.Is(err, refused) }))
+	runs := 0
+	refuse := func(context.Context, idem.Tx) (int, error) { runs++; return 0, refused }
+	call := idem.Call{Key: "k", Payload: []byte("p")}
+	_, replayed, err := idem.DoValue(context.Background(), runner, call, idem.JSON, refuse)
+	assert.ErrorIs(t, err, refused)
+	assert.False(t, replayed)
+	_, replayed, err = idem.DoValue(context.Background(), runner, call, idem.JSON, refuse)
+	var recorded *idem.RecordedError
+	require.ErrorAs(t, err, &recorded)
+	assert.Equal(t, refused.Error(), recorded.Message)
+	assert.True(t, replayed)
+	assert.Equal(t, 1, runs)
+}
+
+// TestSpec4_ACallWithoutAKeyIsRefused: a call without a key gets ErrNoKey
+// and its function does not run, instead of sharing one record with every
+// other call without a key.
+func TestSpec4_ACallWithoutAKeyIsRefused(t *testing.T) {
+	runs := 0
+	_, err := idem.NewRunner().Do(context.Background(), idem.Call{Payload: []byte("p")},
+		func(context.Context, idem.Tx) ([]byte, error) { runs++; return nil, nil })
+	assert.ErrorIs(t, err, idem.ErrNoKey)
+	assert.Zero(t, runs)
+}
