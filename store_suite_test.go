@@ -50,6 +50,9 @@ func TestSpec29_TheHandlerAsksNotToKeepItsAnswer(t *testing.T) {
 func TestSpec10_FunctionsRunOnceUnderAKey(t *testing.T) {
 	onEveryStore(t, suite.FunctionsRunOnceUnderAKey)
 }
+func TestFunctionReliability(t *testing.T) {
+	onEveryStore(t, suite.FunctionReliability)
+}
 
 // storeHarness builds a fresh, empty store for one test, with a way to move
 // the store's clock forward: suite.Harness, as this package's tests build

@@ -36,3 +36,6 @@ func TestSpec29_TheHandlerAsksNotToKeepItsAnswer(t *testing.T) {
 func TestSpec10_FunctionsRunOnceUnderAKey(t *testing.T) {
 	onPostgres(t, suite.FunctionsRunOnceUnderAKey)
 }
+func TestFunctionReliability(t *testing.T) {
+	onPostgres(t, suite.FunctionReliability)
+}
