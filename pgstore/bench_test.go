@@ -1,15 +1,20 @@
 package pgstore_test
 
 import (
+	"context"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/gin-gonic/gin"
 	"github.com/google/uuid"
 
+	idem "github.com/ginidem/idempotency"
 	"github.com/ginidem/idempotency/internal/pgtest"
 	"github.com/ginidem/idempotency/pgstore"
 )
@@ -65,4 +70,78 @@ func BenchmarkPostgres(b *testing.B) {
 	b.Run("newkey", func(b *testing.B) { serveAll(b, cached, newKeys(b.N)) })
 	b.Run("replay", func(b *testing.B) { serveAll(b, cached, []string{uuid.NewString()}) })
 	b.Run("replay-uncached", func(b *testing.B) { serveAll(b, uncached, []string{uuid.NewString()}) })
+}
+
+// BenchmarkRunnerPostgres measures Runner.Do on a Postgres store, as
+// BenchmarkRunnerMemory and BenchmarkRunnerRedis do on theirs (the root
+// module's bench_runner_test.go; bench/functions.sh prints them together):
+// a function that does nothing, under a new key each call and under one key
+// replayed, from the local cache and from Postgres. ns/op is the cost Do
+// adds to a call; cpu-ns/op this process's CPU time per call (the
+// Postgres server's is not counted); trips/op the statements sent per call,
+// each a round trip. The function never uses its transaction, which then
+// never opens: a new key is the acquisition and the completion.
+func BenchmarkRunnerPostgres(b *testing.B) {
+	for _, c := range []struct {
+		name string
+		opts []pgstore.Option
+	}{
+		{"local-cache", nil},
+		{"no-cache", []pgstore.Option{pgstore.WithLocalCache(0, 0)}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			var counter statementCounter
+			db := pgtest.NewDB(b, traced(&counter))
+			runner := idem.NewRunner(idem.WithStore(newStore(b, db, c.opts...)))
+			noop := func(context.Context, idem.Tx) ([]byte, error) { return []byte("ok"), nil }
+			ctx := context.Background()
+			measure := func(b *testing.B, loop func()) {
+				b.ReportAllocs()
+				before := counter.n.Load()
+				cpu := processTime()
+				b.ResetTimer()
+				loop()
+				b.StopTimer()
+				b.ReportMetric(float64(processTime()-cpu)/float64(b.N), "cpu-ns/op")
+				b.ReportMetric(float64(counter.n.Load()-before)/float64(b.N), "trips/op")
+			}
+			next := 0 // the benchmark runs its function again with a larger b.N: keys stay new
+			b.Run("new-key", func(b *testing.B) {
+				keys := make([]string, b.N)
+				for i := range keys {
+					keys[i] = "bench-" + strconv.Itoa(next+i)
+				}
+				next += b.N
+				measure(b, func() {
+					for i := range b.N {
+						if _, err := runner.Do(ctx, idem.Call{Key: keys[i], Payload: []byte("p")}, noop); err != nil {
+							b.Fatal(err)
+						}
+					}
+				})
+			})
+			b.Run("replay", func(b *testing.B) {
+				call := idem.Call{Key: "bench-replay", Payload: []byte("p")}
+				if _, err := runner.Do(ctx, call, noop); err != nil {
+					b.Fatal(err)
+				}
+				measure(b, func() {
+					for range b.N {
+						res, err := runner.Do(ctx, call, noop)
+						if err != nil || !res.Replayed {
+							b.Fatalf("not a replay: %v", err)
+						}
+					}
+				})
+			})
+		})
+	}
+}
+
+// processTime is the CPU time, user and system, that this process has used
+// so far.
+func processTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
