@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -39,6 +40,10 @@ type streamConsumer struct {
 	log   *slog.Logger
 
 	claimFrom string // where the next XAUTOCLAIM starts: "0-0", or its last cursor
+	// readFrom is where the next XREADGROUP starts: ">", the new entries;
+	// after the store failed, "0" or the last entry read again: this
+	// consumer's own pending entries, applied again before any new one.
+	readFrom string
 }
 
 // consumerGroup is the consumer group of the example's consumers.
@@ -57,14 +62,20 @@ const applyTimeout = 30 * time.Second
 
 // newStreamConsumer returns the consumer name of consumerGroup on stream,
 // which applies events to reqs through runner. It reclaims entries left
-// pending for one lease (the lease of runner's keys): by then a dead
-// consumer's key is free again, and a live one still holds it.
+// pending for one lease (min-idle, the lease of runner's keys). A live
+// consumer renews its key's lease, so an entry it is applying is found in
+// flight and left pending again. A dead consumer's key is free one lease
+// after its last renewal, and it took the key after the entry's delivery:
+// the first reclaim, one min-idle after the delivery, usually finds the
+// key still held, and the next one, one min-idle later, applies the event.
+// A dead consumer's entry is thus applied up to about two leases after its
+// delivery (after its death, when the consumer died later).
 func newStreamConsumer(client redis.UniversalClient, stream, name string, runner *idempotency.Runner, reqs requisitionCreator, lease time.Duration) *streamConsumer {
 	return &streamConsumer{
 		client: client, stream: stream, group: consumerGroup, name: name, runner: runner, reqs: reqs,
 		batch: 16, block: 2 * time.Second, minIdle: lease, retry: time.Second,
 		log:       slog.Default().With("stream", stream, "group", consumerGroup, "consumer", name),
-		claimFrom: "0-0",
+		claimFrom: "0-0", readFrom: ">",
 	}
 }
 
@@ -81,19 +92,28 @@ func newConsumerRunner(store idempotency.Store, opts ...idempotency.Option) *ide
 type outcome uint8
 
 const (
-	outcomeApplied   outcome = iota + 1 // the event ran now: one requisition created
-	outcomeReplayed                     // an earlier delivery applied it; nothing ran
-	outcomeRefused                      // the event can never be applied (kept, see refusedEventError)
-	outcomeMismatch                     // its event id was used with other fields: a poisoned id
-	outcomeMalformed                    // the entry has no event id
-	outcomeInFlight                     // another consumer is applying it now
-	outcomeFailed                       // the store or the database failed
+	outcomeApplied     outcome = iota + 1 // the event ran now: one requisition created
+	outcomeReplayed                       // an earlier delivery applied it; nothing ran
+	outcomeRefused                        // the event can never be applied (kept, see refusedEventError)
+	outcomeMismatch                       // its event id was used with other fields: a poisoned id
+	outcomeMalformed                      // the entry has no event id
+	outcomeInFlight                       // another consumer is applying it now
+	outcomeFailed                         // the function failed: the requisition was not written
+	outcomeStoreFailed                    // the idempotency store failed (down, its circuit open)
 )
 
 // acknowledged reports whether the entry is done with (XACK). An entry in
-// flight elsewhere or whose handling failed stays pending, and is
-// reclaimed one minIdle later.
-func (o outcome) acknowledged() bool { return o <= outcomeMalformed }
+// flight elsewhere or whose function failed stays pending, and is
+// reclaimed one min-idle later; one whose store failed stays pending too,
+// and the consumer stops until the store answers (see process).
+func (o outcome) acknowledged() bool {
+	switch o {
+	case outcomeApplied, outcomeReplayed, outcomeRefused, outcomeMismatch, outcomeMalformed:
+		return true
+	default: // outcomeInFlight, outcomeFailed, outcomeStoreFailed
+		return false
+	}
+}
 
 // handle applies one entry through the Runner and says what came of it.
 // It does not acknowledge the entry: process does.
@@ -106,17 +126,11 @@ func (c *streamConsumer) handle(ctx context.Context, msg redis.XMessage) outcome
 	}
 	log = log.With("event", ev.id)
 	call := idempotency.Call{Scope: c.stream, Key: ev.id, Payload: ev.payload}
+	var applyErr error // the function's own error: Do's other errors are the store's
 	res, err := c.runner.Do(ctx, call, func(ctx context.Context, tx idempotency.Tx) ([]byte, error) {
-		if err := ev.check(); err != nil {
-			return nil, err
-		}
-		c.checkpoint(pointBeforeEffect)
-		r, err := c.reqs.createInCall(ctx, tx, ev.program, ev.facility)
-		if err != nil {
-			return nil, err
-		}
-		c.checkpoint(pointAfterEffect)
-		return json.Marshal(r)
+		value, err := c.apply(ctx, tx, ev)
+		applyErr = err
+		return value, err
 	})
 	var recorded *idempotency.RecordedError
 	switch {
@@ -135,21 +149,48 @@ func (c *streamConsumer) handle(ctx context.Context, msg redis.XMessage) outcome
 	case errors.Is(err, idempotency.ErrInFlight):
 		log.InfoContext(ctx, "consumer: event being applied by another consumer; left pending")
 		return outcomeInFlight
+	case applyErr != nil:
+		log.ErrorContext(ctx, "consumer: applying the event failed; left pending", "err", err)
+		return outcomeFailed
 	}
-	log.ErrorContext(ctx, "consumer: applying the event failed; left pending", "err", err)
-	return outcomeFailed
+	log.ErrorContext(ctx, "consumer: the idempotency store failed; left pending", "err", err)
+	return outcomeStoreFailed
 }
 
+// apply is the function the Runner runs for ev: it creates the
+// requisition, through tx when the store has one.
+func (c *streamConsumer) apply(ctx context.Context, tx idempotency.Tx, ev requisitionEvent) ([]byte, error) {
+	if err := ev.check(); err != nil {
+		return nil, err
+	}
+	c.checkpoint(pointBeforeEffect)
+	r, err := c.reqs.createInCall(ctx, tx, ev.program, ev.facility)
+	if err != nil {
+		return nil, err
+	}
+	c.checkpoint(pointAfterEffect)
+	return json.Marshal(r)
+}
+
+// errStoreFailed is the error of a batch that stopped at an entry whose
+// idempotency store failed.
+var errStoreFailed = errors.New("the idempotency store failed")
+
 // process handles msgs in order and acknowledges each one that is done
-// with. Once ctx is done it starts no other entry: those stay pending, and
-// are reclaimed.
-func (c *streamConsumer) process(ctx context.Context, msgs []redis.XMessage) {
+// with. It stops at the first entry whose store failed and returns
+// errStoreFailed: that entry and the next ones stay pending, the consumer
+// waits (run), and it applies its own pending entries again (readFrom "0")
+// before it reads new ones, so that an outage does not deliver the whole
+// backlog to fail it. Once ctx is done it starts no other entry: those
+// stay pending, and are reclaimed.
+func (c *streamConsumer) process(ctx context.Context, msgs []redis.XMessage) error {
 	for _, msg := range msgs {
 		if ctx.Err() != nil {
-			return
+			return nil
 		}
 		work, cancel := context.WithTimeout(context.WithoutCancel(ctx), applyTimeout)
-		if c.handle(work, msg).acknowledged() {
+		o := c.handle(work, msg)
+		if o.acknowledged() {
 			c.checkpoint(pointBeforeAck)
 			if err := c.client.XAck(work, c.stream, c.group, msg.ID).Err(); err != nil {
 				// Pending still: reclaimed, then replayed and acknowledged.
@@ -157,7 +198,12 @@ func (c *streamConsumer) process(ctx context.Context, msgs []redis.XMessage) {
 			}
 		}
 		cancel()
+		if o == outcomeStoreFailed {
+			c.readFrom = "0"
+			return fmt.Errorf("entry %s: %w", msg.ID, errStoreFailed)
+		}
 	}
+	return nil
 }
 
 // checkpoint calls pause, when set, at point.

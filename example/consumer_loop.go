@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -19,8 +18,10 @@ import (
 // it and the stream when missing), then, each round, reclaims the entries
 // left pending for minIdle by any consumer of the group, this one included
 // (XAUTOCLAIM), and reads new ones (XREADGROUP ... BLOCK). A failed Redis
-// call is logged and tried again after retry: run returns only once ctx is
-// done. On its way out it leaves the group when nothing is pending for it.
+// call, or an entry whose store failed, is logged and tried again after
+// retry; a NOGROUP error (the stream was deleted, or Redis lost its data)
+// joins the group again. run returns only once ctx is done. On its way out
+// it leaves the group when nothing is pending for it.
 func (c *streamConsumer) run(ctx context.Context) {
 	defer c.leave(context.WithoutCancel(ctx))
 	grouped := false
@@ -34,31 +35,62 @@ func (c *streamConsumer) run(ctx context.Context) {
 			err = c.round(ctx)
 		}
 		if err != nil && ctx.Err() == nil {
-			if strings.HasPrefix(err.Error(), "NOGROUP") { // the stream was deleted
+			// The errors are wrapped: HasErrorPrefix unwraps them.
+			if redis.HasErrorPrefix(err, "NOGROUP") { // the stream, and its group, are gone
 				grouped = false
 			}
-			c.log.WarnContext(ctx, "consumer: redis failed; trying again", "err", err, "in", c.retry)
+			c.log.WarnContext(ctx, "consumer: round failed; trying again", "err", err, "in", c.retry)
 			sleep(ctx, c.retry)
 		}
 	}
 }
 
-// round reclaims one batch of entries idle for minIdle, applies them, then
-// reads one batch of new entries and applies them.
+// round reclaims one batch of entries idle for minIdle and applies them,
+// then reads one batch of entries and applies them. The read waits up to
+// block for new entries only when XAUTOCLAIM has scanned the whole pending
+// list: while there is more to claim, the next round comes at once. A
+// failed XAUTOCLAIM does not keep round from reading; an entry whose store
+// failed does (see process).
 func (c *streamConsumer) round(ctx context.Context) error {
+	more, claimErr := c.reclaim(ctx)
+	if errors.Is(claimErr, errStoreFailed) {
+		return claimErr
+	}
+	block := c.block
+	if more {
+		block = -1 // no BLOCK
+	}
+	return errors.Join(claimErr, c.read(ctx, block))
+}
+
+// reclaim claims one batch of the entries left pending for minIdle by any
+// consumer of the group (XAUTOCLAIM) and applies them. more reports that
+// the scan of the pending list is not over: XAUTOCLAIM's cursor is not
+// back at "0-0".
+func (c *streamConsumer) reclaim(ctx context.Context) (more bool, err error) {
 	claimed, next, err := c.client.XAutoClaim(ctx, &redis.XAutoClaimArgs{
 		Stream: c.stream, Group: c.group, Consumer: c.name,
 		MinIdle: c.minIdle, Start: c.claimFrom, Count: c.batch,
 	}).Result()
 	if err != nil {
-		return fmt.Errorf("XAUTOCLAIM: %w", err)
+		return false, fmt.Errorf("XAUTOCLAIM: %w", err)
 	}
 	c.claimFrom = next // "0-0" once the whole pending list was scanned: start again
-	c.process(ctx, claimed)
+	return next != "0-0", c.process(ctx, claimed)
+}
 
+// read reads one batch of entries from readFrom (XREADGROUP) and applies
+// them: new entries, waiting up to block for them, or, after the store
+// failed, this consumer's own pending entries, from the first one on,
+// until none is left to read again.
+func (c *streamConsumer) read(ctx context.Context, block time.Duration) error {
+	from := c.readFrom
+	if from != ">" {
+		block = -1 // pending entries are there or not: nothing to wait for
+	}
 	streams, err := c.client.XReadGroup(ctx, &redis.XReadGroupArgs{
-		Group: c.group, Consumer: c.name, Streams: []string{c.stream, ">"},
-		Count: c.batch, Block: c.block,
+		Group: c.group, Consumer: c.name, Streams: []string{c.stream, from},
+		Count: c.batch, Block: block,
 	}).Result()
 	switch {
 	case errors.Is(err, redis.Nil): // nothing new within block
@@ -66,20 +98,31 @@ func (c *streamConsumer) round(ctx context.Context) error {
 	case err != nil:
 		return fmt.Errorf("XREADGROUP: %w", err)
 	}
+	var msgs []redis.XMessage
 	for _, s := range streams {
-		c.process(ctx, s.Messages)
+		msgs = append(msgs, s.Messages...)
 	}
-	return nil
+	if from != ">" {
+		if len(msgs) == 0 { // every pending entry was read again: new ones next
+			c.readFrom = ">"
+			return nil
+		}
+		c.readFrom = msgs[len(msgs)-1].ID
+	}
+	return c.process(ctx, msgs)
 }
 
 // join creates the group, reading the stream from its first entry, and
 // the stream when it does not exist yet; a group that exists is joined as
 // it is. Events added before the first consumer started are applied too.
+// Joining starts the scans of the pending entries over: after a NOGROUP,
+// the cursors of the lost group mean nothing in the new one.
 func (c *streamConsumer) join(ctx context.Context) error {
 	err := c.client.XGroupCreateMkStream(ctx, c.stream, c.group, "0").Err()
-	if err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") {
+	if err != nil && !redis.HasErrorPrefix(err, "BUSYGROUP") {
 		return fmt.Errorf("XGROUP CREATE: %w", err)
 	}
+	c.claimFrom, c.readFrom = "0-0", ">"
 	return nil
 }
 
@@ -145,6 +188,16 @@ func startConsumer(ctx context.Context, cfg config, store idempotency.Store, req
 	c := newStreamConsumer(client, cfg.ConsumeStream, consumerName(), newConsumerRunner(store, runnerOpts...), creator, cfg.Lease)
 	slog.Info("example consuming", "stream", c.stream, "group", c.group, "consumer", c.name, "redis", cfg.redisName())
 
+	stopConsumer := c.start(ctx)
+	return func() {
+		stopConsumer()
+		_ = client.Close()
+	}, nil
+}
+
+// start runs c in a goroutine until ctx is done or stop is called. stop
+// waits for run to return: the entry being applied finishes first.
+func (c *streamConsumer) start(ctx context.Context) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -154,6 +207,5 @@ func startConsumer(ctx context.Context, cfg config, store idempotency.Store, req
 	return func() {
 		cancel()
 		<-done
-		_ = client.Close()
-	}, nil
+	}
 }

@@ -62,6 +62,14 @@ func newConsumerRig(t *testing.T, setup string) *consumerRig {
 // short block, so that it reclaims and stops quickly; opts are added to
 // its Runner's.
 func (rig *consumerRig) newConsumer(name string, opts ...idempotency.Option) *streamConsumer {
+	rig.t.Helper()
+	return rig.newConsumerWrapped(name, nil, opts...)
+}
+
+// newConsumerWrapped is newConsumer with its Runner's store wrapped by
+// wrap, when not nil. A wrapper hides the optional interfaces of the
+// store it wraps (idempotency.TxStore): use it on Redis.
+func (rig *consumerRig) newConsumerWrapped(name string, wrap func(idempotency.Store) idempotency.Store, opts ...idempotency.Option) *streamConsumer {
 	t := rig.t
 	t.Helper()
 	client := redistest.NewClient(t, rig.addr)
@@ -80,6 +88,9 @@ func (rig *consumerRig) newConsumer(name string, opts ...idempotency.Option) *st
 		store, reqs = pg.store, pg.reqs
 	default:
 		t.Fatalf("unknown set-up %q", rig.setup)
+	}
+	if wrap != nil {
+		store = wrap(store)
 	}
 	opts = append([]idempotency.Option{idempotency.WithLease(consumerLease), idempotency.WithTTL(time.Hour)}, opts...)
 	c := newStreamConsumer(client, rig.stream, name, newConsumerRunner(store, opts...), reqs, consumerLease)
