@@ -35,8 +35,8 @@ import (
 // Not applicable to a function, so not here:
 //   - SPEC 1-3 and 5 (header names, two values, bare and quoted forms, a
 //     required or missing key, methods): a Call names its key in a field,
-//     not in headers, and has no method. Its key is any string (SPEC 27
-//     below); SPEC 4's canonical UUID is below.
+//     not in headers, and has no method. Its key is any string but the
+//     empty one (SPEC 3 and 27 below); SPEC 4's canonical UUID is below.
 //   - SPEC 4's validators and SPEC 8's fingerprint policies: a Runner has
 //     neither; the payload's bytes are the fingerprint (SPEC 16 below).
 //   - SPEC 6's scope function and SPEC 20 (authorization first): the
@@ -260,7 +260,20 @@ func requestFingerprint(method, path, body string) []byte {
 }
 
 var functionCases = []behaviour{
-	// Keys and scopes (4-7).
+	// Keys and scopes (3-7).
+	{"spec3/an empty key is refused; the function does not run and no store call is made", func(t *testing.T, h Harness) {
+		var cs *CountingStore
+		store, _ := Counted(h, &cs).New(t)
+		runner := newRunner(idem.WithStore(store))
+		var runs atomic.Int32
+		for range 2 {
+			_, err := runner.Do(context.Background(), idem.Call{Scope: "jobs", Payload: []byte("x")}, returning(&runs, "ran"))
+			assert.ErrorIs(t, err, idem.ErrNoKey)
+		}
+		assert.Zero(t, runs.Load())
+		acq, comp, rel, ext := cs.Counts()
+		assert.Zero(t, acq+comp+rel+ext)
+	}},
 	{"spec4/a UUID in upper, lower and mixed case is one key; other keys are compared as given", func(t *testing.T, h Harness) {
 		store, _ := h.New(t)
 		runner := newRunner(idem.WithStore(store))
