@@ -2,8 +2,7 @@ package main
 
 import (
 	"context"
-	"fmt"
-	"sync/atomic"
+	"sync"
 	"testing"
 	"time"
 
@@ -28,8 +27,10 @@ const (
 	onPostgres = "postgres"
 )
 
-// consumerLease is the lease of the tests' Runners: a dead consumer's key
-// is free, and its entries are reclaimed (minIdle), one lease later.
+// consumerLease is the lease of the tests' Runners, and their consumers'
+// min-idle: a dead consumer's key is free one lease after its last
+// renewal, and its entry, found in flight by the first reclaim, is applied
+// up to about two leases after its delivery (see newStreamConsumer).
 const consumerLease = time.Second
 
 // consumerRig is one test's stream, on a redis-server of its own, and the
@@ -100,13 +101,7 @@ func (rig *consumerRig) newConsumerWrapped(name string, wrap func(idempotency.St
 
 // start runs c until the test ends.
 func (rig *consumerRig) start(c *streamConsumer) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		c.run(ctx)
-	}()
-	rig.t.Cleanup(func() { cancel(); <-done })
+	rig.t.Cleanup(c.start(context.Background()))
 }
 
 // facilityOf is the facility of the requisition that event id creates:
@@ -125,12 +120,20 @@ func (rig *consumerRig) addEvent(id string) {
 	rig.add(fieldEventID, id, fieldType, eventCreate, fieldProgram, "Family Planning", fieldFacility, facilityOf(id))
 }
 
+// countAtFacility counts the requisitions created at a facility ($1) on
+// Postgres, in the test's schema.
+const countAtFacility = "SELECT count(*) FROM requisitions WHERE facility = $1"
+
 // effects returns how many requisitions were created at facility, by
 // every consumer, living or dead.
 func (rig *consumerRig) effects(facility string) int {
 	rig.t.Helper()
 	if rig.setup == onPostgres {
-		return rig.db.Count(rig.t, fmt.Sprintf("requisitions WHERE facility = '%s'", facility))
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		var n int
+		require.NoError(rig.t, rig.db.Pool.QueryRow(ctx, countAtFacility, facility).Scan(&n))
+		return n
 	}
 	n, err := rig.redis.HGet(context.Background(), effectsKey, facility).Int()
 	if err == redis.Nil {
@@ -193,14 +196,29 @@ func (s *countedRequisitions) createInCall(ctx context.Context, tx idempotency.T
 }
 
 // eventCounter counts the Runner's events of each kind, through
-// idempotency.WithEventHook.
-type eventCounter [idempotency.EventBreakerClosed + 1]atomic.Int32
-
-func (c *eventCounter) hook() idempotency.Option {
-	return idempotency.WithEventHook(func(_ context.Context, e idempotency.Event) { c[e.Kind].Add(1) })
+// idempotency.WithEventHook; a kind added to the package is counted too.
+// Its zero value is ready to use.
+type eventCounter struct {
+	mu     sync.Mutex
+	counts map[idempotency.EventKind]int
 }
 
-func (c *eventCounter) count(kind idempotency.EventKind) int { return int(c[kind].Load()) }
+func (c *eventCounter) hook() idempotency.Option {
+	return idempotency.WithEventHook(func(_ context.Context, e idempotency.Event) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.counts == nil {
+			c.counts = make(map[idempotency.EventKind]int)
+		}
+		c.counts[e.Kind]++
+	})
+}
+
+func (c *eventCounter) count(kind idempotency.EventKind) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.counts[kind]
+}
 
 // handled returns how many calls the Runner answered: run, replayed, or
 // found in flight.

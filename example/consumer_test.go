@@ -193,3 +193,15 @@ func TestConsumerRunsBesideTheAPI(t *testing.T) {
 		assert.Empty(t, consumers, "the stopped consumer left the group")
 	})
 }
+
+// TestConsumerAcknowledgesByOutcome: the entries done with are
+// acknowledged; those in flight elsewhere, or whose function or store
+// failed, stay pending.
+func TestConsumerAcknowledgesByOutcome(t *testing.T) {
+	for o, want := range map[outcome]bool{
+		outcomeApplied: true, outcomeReplayed: true, outcomeRefused: true, outcomeMismatch: true, outcomeMalformed: true,
+		outcomeInFlight: false, outcomeFailed: false, outcomeStoreFailed: false, 0: false,
+	} {
+		assert.Equal(t, want, o.acknowledged(), "outcome %d", o)
+	}
+}
