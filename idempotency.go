@@ -182,7 +182,7 @@ func (m *middleware) handle(c *gin.Context) {
 		m.storeFailed(c, f, err)
 	case held == nil:
 		m.run(c, f, m.markRun(c, mark, &f.mark, key, true), token)
-	case !bytes.Equal(held.Fingerprint, f.claim.Fingerprint):
+	case !bytes.Equal(held.Fingerprint, f.claim.Fingerprint) || held.Method != f.claim.Method: // a function's record ("CALL") too
 		m.mismatch(c, f, held)
 	case held.State == InFlight:
 		m.inFlight(c, f, held)
