@@ -1,20 +1,16 @@
 package pgstore_test
 
 import (
-	"context"
 	"net/http"
 	"net/http/httptest"
-	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/gin-gonic/gin"
 	"github.com/google/uuid"
 
-	idem "github.com/ginidem/idempotency"
+	"github.com/ginidem/idempotency/internal/idemtest"
 	"github.com/ginidem/idempotency/internal/pgtest"
 	"github.com/ginidem/idempotency/pgstore"
 )
@@ -92,56 +88,7 @@ func BenchmarkRunnerPostgres(b *testing.B) {
 		b.Run(c.name, func(b *testing.B) {
 			var counter statementCounter
 			db := pgtest.NewDB(b, traced(&counter))
-			runner := idem.NewRunner(idem.WithStore(newStore(b, db, c.opts...)))
-			noop := func(context.Context, idem.Tx) ([]byte, error) { return []byte("ok"), nil }
-			ctx := context.Background()
-			measure := func(b *testing.B, loop func()) {
-				b.ReportAllocs()
-				before := counter.n.Load()
-				cpu := processTime()
-				b.ResetTimer()
-				loop()
-				b.StopTimer()
-				b.ReportMetric(float64(processTime()-cpu)/float64(b.N), "cpu-ns/op")
-				b.ReportMetric(float64(counter.n.Load()-before)/float64(b.N), "trips/op")
-			}
-			next := 0 // the benchmark runs its function again with a larger b.N: keys stay new
-			b.Run("new-key", func(b *testing.B) {
-				keys := make([]string, b.N)
-				for i := range keys {
-					keys[i] = "bench-" + strconv.Itoa(next+i)
-				}
-				next += b.N
-				measure(b, func() {
-					for i := range b.N {
-						if _, err := runner.Do(ctx, idem.Call{Key: keys[i], Payload: []byte("p")}, noop); err != nil {
-							b.Fatal(err)
-						}
-					}
-				})
-			})
-			b.Run("replay", func(b *testing.B) {
-				call := idem.Call{Key: "bench-replay", Payload: []byte("p")}
-				if _, err := runner.Do(ctx, call, noop); err != nil {
-					b.Fatal(err)
-				}
-				measure(b, func() {
-					for range b.N {
-						res, err := runner.Do(ctx, call, noop)
-						if err != nil || !res.Replayed {
-							b.Fatalf("not a replay: %v", err)
-						}
-					}
-				})
-			})
+			idemtest.BenchRunner(b, newStore(b, db, c.opts...), counter.n.Load)
 		})
 	}
-}
-
-// processTime is the CPU time, user and system, that this process has used
-// so far.
-func processTime() time.Duration {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
