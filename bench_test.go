@@ -15,7 +15,6 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -24,6 +23,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	idem "github.com/ginidem/idempotency"
+	"github.com/ginidem/idempotency/internal/idemtest"
 )
 
 // The benchmarks compare the middleware with a bare Gin handler in the same
@@ -75,10 +75,10 @@ func serveBench(b *testing.B, r http.Handler, key func(i int) []string) {
 	b.SetBytes(int64(len(orderBody)))
 	gc := gcSeconds()
 	b.ResetTimer()
-	cpu := cpuTime()
+	cpu := idemtest.CPUTime()
 	defer func() {
 		b.ReportMetric((gcSeconds()-gc)*1e9/float64(b.N), "gc-ns/op")
-		b.ReportMetric(float64(cpuTime()-cpu)/float64(b.N), "cpu-ns/op")
+		b.ReportMetric(float64(idemtest.CPUTime()-cpu)/float64(b.N), "cpu-ns/op")
 	}()
 	for i := 0; i < b.N; i++ {
 		body.Reset(orderBody)
@@ -93,16 +93,6 @@ func serveBench(b *testing.B, r http.Handler, key func(i int) []string) {
 			b.Fatalf("status %d: %s", w.Code, w.Body.String())
 		}
 	}
-}
-
-// cpuTime is the CPU time, user and system, that this process has used so
-// far: what cpu-ns/op reports per request. Unlike ns/op, it hardly moves
-// when other work shares the machine, and it counts the work of every
-// goroutine (the collector's, a Redis client's) on every core.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // gcSeconds is the CPU time the garbage collector has taken so far, as
@@ -316,7 +306,7 @@ func newKeysParallel(b *testing.B, store idem.Store, measure func(func())) {
 	b.SetParallelism(max(16/runtime.GOMAXPROCS(0), 1))
 	b.ReportAllocs()
 	b.ResetTimer()
-	cpu := cpuTime()
+	cpu := idemtest.CPUTime()
 	measure(func() {
 		b.RunParallel(func(pb *testing.PB) {
 			w := newBenchWriter()
@@ -340,7 +330,7 @@ func newKeysParallel(b *testing.B, store idem.Store, measure func(func())) {
 			}
 		})
 	})
-	b.ReportMetric(float64(cpuTime()-cpu)/float64(b.N), "cpu-ns/op")
+	b.ReportMetric(float64(idemtest.CPUTime()-cpu)/float64(b.N), "cpu-ns/op")
 }
 
 func BenchmarkReplayRedis(b *testing.B) {
