@@ -54,6 +54,12 @@ func TestFunctionReliability(t *testing.T) {
 	onEveryStore(t, suite.FunctionReliability)
 }
 
+// TestEverySharedSuiteRunsHere: the stubs above run every suite of
+// internal/suite, so that a suite added there runs on these stores too.
+func TestEverySharedSuiteRunsHere(t *testing.T) {
+	suite.RequireEveryStub(t, "internal/suite", "store_suite_test.go")
+}
+
 // storeHarness builds a fresh, empty store for one test, with a way to move
 // the store's clock forward: suite.Harness, as this package's tests build
 // it (redisHarnesses in redis_store_test.go).

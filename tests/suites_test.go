@@ -39,3 +39,9 @@ func TestSpec10_FunctionsRunOnceUnderAKey(t *testing.T) {
 func TestFunctionReliability(t *testing.T) {
 	onPostgres(t, suite.FunctionReliability)
 }
+
+// TestEverySharedSuiteRunsHere: the stubs above run every suite of
+// internal/suite, so that a suite added there runs on these stores too.
+func TestEverySharedSuiteRunsHere(t *testing.T) {
+	suite.RequireEveryStub(t, "../internal/suite", "suites_test.go")
+}
