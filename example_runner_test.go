@@ -49,7 +49,7 @@ func ExampleDoValue() {
 	}
 	call := idem.Call{Scope: "jobs", Key: "nightly-2026-12-06", Payload: []byte("reserve 3")}
 	for range 2 {
-		r, replayed, err := idem.DoValue(context.Background(), runner, call, idem.JSON, reserve)
+		r, replayed, err := idem.DoValue(context.Background(), runner, call, idem.JSONCodec{}, reserve)
 		if err != nil {
 			fmt.Println("error:", err)
 			continue

@@ -38,8 +38,8 @@ type Call struct {
 	// Scope is whose key it is (a tenant, a producer); calls with the same
 	// key in two scopes are two calls. It may be empty.
 	Scope string
-	// Key is the idempotency key: a message or event id. A UUID is compared
-	// in its canonical form.
+	// Key is the idempotency key: a message or event id. It is required
+	// ([ErrNoKey]); a UUID is compared in its canonical form.
 	Key string
 	// Payload is what the call is about (the message body): a call with
 	// the key and another payload gets [ErrMismatch]. Only its SHA-256 is
@@ -101,7 +101,8 @@ const (
 // it commit with the record, or not at all. An error from fn releases the
 // key (unless [WithKeepError] keeps it) and is returned as it is. A call
 // whose key is held by a running call gets [ErrInFlight]; one with another
-// payload [ErrMismatch]; a store failure an error wrapping the store's.
+// payload [ErrMismatch]; one without a key [ErrNoKey]; a store failure an
+// error wrapping the store's.
 func (r *Runner) Do(ctx context.Context, call Call, fn func(ctx context.Context, tx Tx) ([]byte, error)) (Result, error) {
 	if call.Key == "" {
 		return Result{}, ErrNoKey
@@ -125,7 +126,7 @@ func (r *Runner) Do(ctx context.Context, call Call, fn func(ctx context.Context,
 		return Result{}, fmt.Errorf("idempotency: acquiring the call's key: %w", err)
 	case held == nil:
 		return m.runCall(ctx, f, token, fn)
-	case string(held.Fingerprint) != string(f.claim.Fingerprint) || held.Method != f.claim.Method:
+	case !sameRequest(held, &f.claim):
 		m.emit(ctx, f, EventMismatch, 0, nil)
 		return Result{}, ErrMismatch
 	case held.State == InFlight:
@@ -166,7 +167,8 @@ func (m *middleware) runCall(ctx context.Context, f *flight, token string, fn fu
 	done = true
 	status := callResult
 	if err != nil {
-		if m.keepError == nil || !m.keepError(err) {
+		var encoding *encodingError
+		if m.keepError == nil || errors.As(err, &encoding) || !m.keepError(err) {
 			m.endCall(ctx, f, tx, token)
 			return Result{}, err
 		}

@@ -29,10 +29,10 @@ func TestSpec17_DoValueReplaysTheDecodedValue(t *testing.T) {
 		return shipment{Order: "o-1", Items: []string{"a", "b"}, Seq: runs}, nil
 	}
 	call := idem.Call{Scope: "shipping", Key: "msg-1", Payload: []byte("ship o-1")}
-	first, replayed, err := idem.DoValue(context.Background(), runner, call, idem.JSON, ship)
+	first, replayed, err := idem.DoValue(context.Background(), runner, call, idem.JSONCodec{}, ship)
 	require.NoError(t, err)
 	assert.False(t, replayed)
-	again, replayed, err := idem.DoValue(context.Background(), runner, call, idem.JSON, ship)
+	again, replayed, err := idem.DoValue(context.Background(), runner, call, idem.JSONCodec{}, ship)
 	require.NoError(t, err)
 	assert.True(t, replayed)
 	assert.Equal(t, first, again)
@@ -48,11 +48,11 @@ func TestSpec15_DoValueOverTheCapIsOmittedOnReplay(t *testing.T) {
 	runs := 0
 	big := func(context.Context, idem.Tx) (string, error) { runs++; return strings.Repeat("x", 64), nil }
 	call := idem.Call{Key: "k", Payload: []byte("p")}
-	v, replayed, err := idem.DoValue(context.Background(), runner, call, idem.JSON, big)
+	v, replayed, err := idem.DoValue(context.Background(), runner, call, idem.JSONCodec{}, big)
 	require.NoError(t, err)
 	assert.False(t, replayed)
 	assert.Len(t, v, 64)
-	v, replayed, err = idem.DoValue(context.Background(), runner, call, idem.JSON, big)
+	v, replayed, err = idem.DoValue(context.Background(), runner, call, idem.JSONCodec{}, big)
 	assert.ErrorIs(t, err, idem.ErrOmitted)
 	assert.True(t, replayed)
 	assert.Empty(t, v)
@@ -62,7 +62,7 @@ func TestSpec15_DoValueOverTheCapIsOmittedOnReplay(t *testing.T) {
 // failingCodec encodes with JSON and refuses to decode.
 type failingCodec struct{}
 
-func (failingCodec) Marshal(v any) ([]byte, error) { return idem.JSON.Marshal(v) }
+func (failingCodec) Marshal(v any) ([]byte, error) { return idem.JSONCodec{}.Marshal(v) }
 func (failingCodec) Unmarshal([]byte, any) error   { return errors.New("corrupt") }
 
 // TestSpec12_DoValueCodecErrors: a value the codec cannot encode is the
@@ -74,10 +74,10 @@ func TestSpec12_DoValueCodecErrors(t *testing.T) {
 	runs := 0
 	unencodable := func(context.Context, idem.Tx) (chan int, error) { runs++; return make(chan int), nil }
 	call := idem.Call{Key: "k1", Payload: []byte("p")}
-	_, _, err := idem.DoValue(context.Background(), runner, call, idem.JSON, unencodable)
+	_, _, err := idem.DoValue(context.Background(), runner, call, idem.JSONCodec{}, unencodable)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "idempotency: encoding the call's result")
-	_, _, err = idem.DoValue(context.Background(), runner, call, idem.JSON, unencodable)
+	_, _, err = idem.DoValue(context.Background(), runner, call, idem.JSONCodec{}, unencodable)
 	require.Error(t, err)
 	assert.Equal(t, 2, runs, "the key was released: the second call ran")
 
@@ -92,12 +92,20 @@ func TestSpec12_DoValueCodecErrors(t *testing.T) {
 	assert.Equal(t, 3, runs)
 }
 
-// TestSpec34_DoValueNilCodecPanics: a nil codec is a programming error.
-func TestSpec34_DoValueNilCodecPanics(t *testing.T) {
-	assert.PanicsWithValue(t, "idempotency: DoValue with a nil Codec", func() {
-		_, _, _ = idem.DoValue(context.Background(), idem.NewRunner(), idem.Call{Key: "k"}, nil,
-			func(context.Context, idem.Tx) (int, error) { return 0, nil })
-	})
+// TestSpec12_DoValueNeverKeepsAnEncodingError: a value the codec cannot
+// encode releases the key even under a WithKeepError that keeps every
+// error, and a nil codec is JSON.
+func TestSpec12_DoValueNeverKeepsAnEncodingError(t *testing.T) {
+	runner := idem.NewRunner(idem.WithKeepError(func(error) bool { return true }))
+	runs := 0
+	unencodable := func(context.Context, idem.Tx) (func(), error) { runs++; return func() {}, nil }
+	call := idem.Call{Key: "k", Payload: []byte("p")}
+	for range 2 {
+		_, replayed, err := idem.DoValue(context.Background(), runner, call, nil, unencodable)
+		assert.ErrorContains(t, err, "idempotency: encoding the call's result: json: unsupported type")
+		assert.False(t, replayed)
+	}
+	assert.Equal(t, 2, runs, "released both times, never kept")
 }
 
 // TestSpec12_DoValueReplaysAKeptError: an error WithKeepError keeps is
@@ -109,24 +117,13 @@ func TestSpec12_DoValueReplaysAKeptError(t *testing.T) {
 	runs := 0
 	refuse := func(context.Context, idem.Tx) (int, error) { runs++; return 0, refused }
 	call := idem.Call{Key: "k", Payload: []byte("p")}
-	_, replayed, err := idem.DoValue(context.Background(), runner, call, idem.JSON, refuse)
+	_, replayed, err := idem.DoValue(context.Background(), runner, call, idem.JSONCodec{}, refuse)
 	assert.ErrorIs(t, err, refused)
 	assert.False(t, replayed)
-	_, replayed, err = idem.DoValue(context.Background(), runner, call, idem.JSON, refuse)
+	_, replayed, err = idem.DoValue(context.Background(), runner, call, idem.JSONCodec{}, refuse)
 	var recorded *idem.RecordedError
 	require.ErrorAs(t, err, &recorded)
 	assert.Equal(t, refused.Error(), recorded.Message)
 	assert.True(t, replayed)
 	assert.Equal(t, 1, runs)
-}
-
-// TestSpec4_ACallWithoutAKeyIsRefused: a call without a key gets ErrNoKey
-// and its function does not run, instead of sharing one record with every
-// other call without a key.
-func TestSpec4_ACallWithoutAKeyIsRefused(t *testing.T) {
-	runs := 0
-	_, err := idem.NewRunner().Do(context.Background(), idem.Call{Payload: []byte("p")},
-		func(context.Context, idem.Tx) ([]byte, error) { runs++; return nil, nil })
-	assert.ErrorIs(t, err, idem.ErrNoKey)
-	assert.Zero(t, runs)
 }

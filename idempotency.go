@@ -52,7 +52,6 @@
 package idempotency
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"errors"
 	"log/slog"
@@ -182,7 +181,7 @@ func (m *middleware) handle(c *gin.Context) {
 		m.storeFailed(c, f, err)
 	case held == nil:
 		m.run(c, f, m.markRun(c, mark, &f.mark, key, true), token)
-	case !bytes.Equal(held.Fingerprint, f.claim.Fingerprint) || held.Method != f.claim.Method: // a function's record ("CALL") too
+	case !sameRequest(held, &f.claim):
 		m.mismatch(c, f, held)
 	case held.State == InFlight:
 		m.inFlight(c, f, held)

@@ -95,8 +95,8 @@ func NewMemoryStore(opts ...MemoryStoreOption) *MemoryStore {
 	return s
 }
 
-// Validate reports whether s was made by [NewMemoryStore]; [WithStore]
-// refuses a nil or zero MemoryStore with its error.
+// Validate returns an error unless s was made by [NewMemoryStore]; [WithStore]
+// refuses a nil or zero MemoryStore with it.
 func (s *MemoryStore) Validate() error {
 	if s == nil || s.now == nil {
 		return errors.New("a nil or zero MemoryStore: make it with NewMemoryStore")

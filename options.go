@@ -93,9 +93,10 @@ func mustPositive[T int | int64 | time.Duration](name string, v T) {
 // WithStore sets the store that keeps the records (default: a new
 // [MemoryStore] per middleware). Share one store between middlewares that
 // must see each other's keys, and use a Redis store to share keys between
-// processes. It panics on a zero [MemoryStore] or [RedisStore], which
-// would fail every keyed request: make them with [NewMemoryStore] and
-// [NewRedisStore].
+// processes. It panics on a nil store, and on a store whose Validate
+// method returns an error (a zero [MemoryStore], [RedisStore] or pgstore
+// Store, which would fail every keyed request: make them with their
+// constructors).
 func WithStore(s Store) Option {
 	switch s := s.(type) {
 	case nil:

@@ -82,8 +82,8 @@ func NewRedisStore(client redis.UniversalClient, opts ...RedisStoreOption) *Redi
 	return s
 }
 
-// Validate reports whether s was made by [NewRedisStore]; [WithStore]
-// refuses a nil or zero RedisStore (no client) with its error.
+// Validate returns an error unless s was made by [NewRedisStore]; [WithStore]
+// refuses a nil or zero RedisStore with it.
 func (s *RedisStore) Validate() error {
 	if s == nil || s.client == nil {
 		return errors.New("a nil or zero RedisStore (no client): make it with NewRedisStore")

@@ -49,8 +49,7 @@ func (m *middleware) acquire(req context.Context, f *flight) (string, *Record, e
 		if err == nil && held != nil && !validRecord(held) {
 			err = errors.New("idempotency: store returned an invalid record")
 		}
-		if err != nil || held == nil || held.State != InFlight ||
-			!bytes.Equal(held.Fingerprint, f.claim.Fingerprint) {
+		if err != nil || held == nil || held.State != InFlight || !sameRequest(held, &f.claim) {
 			return token, held, err
 		}
 		left := time.Until(deadline)
@@ -66,6 +65,14 @@ func (m *middleware) acquire(req context.Context, f *flight) (string, *Record, e
 		}
 		pause = min(2*pause, 500*time.Millisecond)
 	}
+}
+
+// sameRequest reports whether the record that holds a key was made by the
+// same request as claim: the same fingerprint and the same method (a
+// function's record says CALL), so that neither a request nor a function
+// is ever answered with the other's result.
+func sameRequest(held, claim *Record) bool {
+	return held.Method == claim.Method && bytes.Equal(held.Fingerprint, claim.Fingerprint)
 }
 
 // validRecord rejects a record that cannot be answered from, whatever the
