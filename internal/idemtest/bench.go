@@ -3,20 +3,10 @@ package idemtest
 import (
 	"context"
 	"strconv"
-	"syscall"
 	"testing"
-	"time"
 
 	idem "github.com/ginidem/idempotency"
 )
-
-// CPUTime is the CPU time, user and system, that this process has used so
-// far, every goroutine included.
-func CPUTime() time.Duration {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
 
 // BenchRunner measures Runner.Do on store: a new key each call
 // ("new-key"), or one key replayed ("replay"). The function itself does
