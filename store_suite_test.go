@@ -47,9 +47,6 @@ func TestSpec29_AnOperatorLooksUpAndForgetsAKey(t *testing.T) {
 func TestSpec29_TheHandlerAsksNotToKeepItsAnswer(t *testing.T) {
 	onEveryStore(t, suite.TheHandlerAsksNotToKeepItsAnswer)
 }
-func TestSpec10_FunctionsRunOnceUnderAKey(t *testing.T) {
-	onEveryStore(t, suite.FunctionsRunOnceUnderAKey)
-}
 func TestFunctionReliability(t *testing.T) {
 	onEveryStore(t, suite.FunctionReliability)
 }

@@ -33,9 +33,6 @@ func TestSpec29_AnOperatorLooksUpAndForgetsAKey(t *testing.T) {
 func TestSpec29_TheHandlerAsksNotToKeepItsAnswer(t *testing.T) {
 	onPostgres(t, suite.TheHandlerAsksNotToKeepItsAnswer)
 }
-func TestSpec10_FunctionsRunOnceUnderAKey(t *testing.T) {
-	onPostgres(t, suite.FunctionsRunOnceUnderAKey)
-}
 func TestFunctionReliability(t *testing.T) {
 	onPostgres(t, suite.FunctionReliability)
 }
