@@ -16,7 +16,8 @@ func BenchmarkRunnerMemory(b *testing.B) {
 // BenchmarkRunnerRedis is idemtest.BenchRunner on a single-node redis-server of its
 // own (skipped without redis-server), its round trips counted on the
 // client: with the store's local cache, as users run it, a replay makes
-// none; without it, one.
+// none; without it, two (a SET NX that finds the key taken, then the
+// script that reads it).
 func BenchmarkRunnerRedis(b *testing.B) {
 	b.Run("local-cache", func(b *testing.B) {
 		store, trips := runnerRedisStore(b)

@@ -4,8 +4,10 @@
 // key in Redis before the handler and records after it can do: one plain
 // SET NX PX before the handler and one SET PX after it, on a default go-redis
 // client. No fingerprint, no fencing, no record, no replay (a duplicate gets
-// 409). The microseconds it adds per new key are the floor of two round trips
-// on the machine (docs/performance.md):
+// 409). It accepts -ttl, -lease and -latency for bench.sh and ignores them,
+// and it does not check the second SET's error: the answer is sent by then.
+// The microseconds it adds per new key are the floor of two round trips on
+// the machine (docs/performance.md):
 //
 //	../shared/peers/bench.sh -stores redis -project . ../shared/peers/fiberidem ./bench/floor
 package main
