@@ -4,7 +4,7 @@ import (
 	"go/ast"
 	"go/parser"
 	"go/token"
-	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -12,24 +12,33 @@ import (
 // RequireEveryStub fails t unless the test file stubs (of the calling
 // module) runs every shared suite of this package: each exported function
 // of dir (this package's directory, as the caller reaches it) that takes a
-// *testing.T and a Harness must appear in stubs as "suite.Name)". The root
-// module and tests/ keep two lists of stubs, one per set of stores; this
-// keeps them from drifting apart.
+// *testing.T and a Harness must be named, as suite.Name, in the code of
+// stubs (not in a comment). The root module and tests/ keep two lists of
+// stubs, one per set of stores; this keeps them from drifting apart.
 func RequireEveryStub(t *testing.T, dir, stubs string) {
 	t.Helper()
-	src, err := os.ReadFile(stubs)
+	suites, err := suiteNames(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	names, err := suiteNames(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(names) == 0 {
+	if len(suites) == 0 {
 		t.Fatalf("no suites found in %s", dir)
 	}
-	for _, name := range names {
-		if !strings.Contains(string(src), "suite."+name+")") {
+	file, err := parser.ParseFile(token.NewFileSet(), stubs, nil, parser.SkipObjectResolution)
+	if err != nil {
+		t.Fatal(err)
+	}
+	used := map[string]bool{}
+	ast.Inspect(file, func(n ast.Node) bool {
+		if sel, ok := n.(*ast.SelectorExpr); ok {
+			if pkg, ok := sel.X.(*ast.Ident); ok && pkg.Name == "suite" {
+				used[sel.Sel.Name] = true
+			}
+		}
+		return true
+	})
+	for _, name := range suites {
+		if !used[name] {
 			t.Errorf("%s does not run suite.%s on its stores", stubs, name)
 		}
 	}
@@ -38,20 +47,23 @@ func RequireEveryStub(t *testing.T, dir, stubs string) {
 // suiteNames lists the exported functions of the package in dir whose
 // parameters are (*testing.T, Harness).
 func suiteNames(dir string) ([]string, error) {
-	pkgs, err := parser.ParseDir(token.NewFileSet(), dir, func(fi os.FileInfo) bool {
-		return !strings.HasSuffix(fi.Name(), "_test.go")
-	}, parser.SkipObjectResolution)
+	paths, err := filepath.Glob(filepath.Join(dir, "*.go"))
 	if err != nil {
 		return nil, err
 	}
 	var names []string
-	for _, pkg := range pkgs {
-		for _, file := range pkg.Files {
-			for _, decl := range file.Decls {
-				fn, ok := decl.(*ast.FuncDecl)
-				if ok && fn.Recv == nil && fn.Name.IsExported() && isSuite(fn.Type.Params.List) {
-					names = append(names, fn.Name.Name)
-				}
+	for _, path := range paths {
+		if strings.HasSuffix(path, "_test.go") {
+			continue
+		}
+		file, err := parser.ParseFile(token.NewFileSet(), path, nil, parser.SkipObjectResolution)
+		if err != nil {
+			return nil, err
+		}
+		for _, decl := range file.Decls {
+			fn, ok := decl.(*ast.FuncDecl)
+			if ok && fn.Recv == nil && fn.Name.IsExported() && isSuite(fn.Type.Params.List) {
+				names = append(names, fn.Name.Name)
 			}
 		}
 	}
