@@ -54,7 +54,7 @@ func TestConsumerRejoinsALostGroup(t *testing.T) {
 // the rest of the backlog stays in the stream, undelivered, instead of
 // being delivered, failed and left pending entry after entry. Once the
 // store is back, every event is applied once.
-func TestConsumerWaitsForTheStore(t *testing.T) {
+func TestSpec22_ConsumerWaitsForTheStore(t *testing.T) {
 	const events, batch = 40, 4
 	rig := newConsumerRig(t, onRedis)
 	for i := range events {
