@@ -48,7 +48,7 @@ func TestConsumerRejoinsALostGroup(t *testing.T) {
 	}
 }
 
-// TestConsumerWaitsForTheStore: while its store is down, the consumer
+// TestSpec22_ConsumerWaitsForTheStore: while its store is down, the consumer
 // stops at the first entry that fails and tries it again after its retry
 // wait, without reading further: only the first batch is delivered, and
 // the rest of the backlog stays in the stream, undelivered, instead of
